@@ -7,6 +7,7 @@ parameters through `jax.eval_shape`, so even 13B presets never allocate weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -165,11 +166,11 @@ PRESET_PARAM_COUNTS = {
     "prime-7b-chat": 6_738_415_616,
     "prime-13b-reasoning": 13_015_864_320,
     "prime-135m-chat": 134_515_008,
-    "tiny": 99_520,
-    "tiny-tied": 83_136,
-    "tiny-mha": 107_712,
-    "tiny-llama3": 99_520,
-    "tiny-linear-rope": 99_520,
+    "tiny": 106_816,
+    "tiny-tied": 90_432,
+    "tiny-mha": 115_008,
+    "tiny-llama3": 106_816,
+    "tiny-linear-rope": 106_816,
 }
 
 
@@ -182,11 +183,96 @@ def param_count(config: LlamaConfig) -> int:
 
     abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
     leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
-    return sum(int(math_prod(leaf.shape)) for leaf in leaves)
+    return sum(math.prod(leaf.shape) for leaf in leaves)
 
 
-def math_prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
+# ---- Hugging Face config.json <-> LlamaConfig ----
+
+_HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def from_hf_config(hf: dict[str, Any], *, source: str = "config.json") -> LlamaConfig:
+    """Builds a LlamaConfig from a HF `config.json` dict. Unknown keys are ignored."""
+    model_type = hf.get("model_type", "llama")
+    if model_type not in ("llama", "mistral"):
+        raise ValueError(f"{source}: unsupported model_type {model_type!r}; reactor reads 'llama' models")
+    missing = [k for k in _HF_REQUIRED if k not in hf]
+    if missing:
+        raise ValueError(f"{source}: missing required key(s) {missing}")
+    if hf.get("attention_bias") or hf.get("mlp_bias"):
+        raise ValueError(f"{source}: attention_bias/mlp_bias are not supported")
+    # transformers 5 nests rope settings in `rope_parameters`; older files use rope_theta + rope_scaling.
+    rope = dict(hf.get("rope_parameters") or {})
+    scaling = dict(hf.get("rope_scaling") or {})
+    rope_theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    merged = {**scaling, **rope}
+    rope_type = merged.get("rope_type", merged.get("type", "default")) or "default"
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"{source}: unsupported rope type {rope_type!r}; supported: {ROPE_TYPES}")
+    rope_scaling = RopeScaling(
+        rope_type=rope_type,
+        factor=float(merged.get("factor", 1.0)),
+        low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(merged.get("original_max_position_embeddings", 8192)),
+    )
+    num_heads = int(hf["num_attention_heads"])
+    eos = hf.get("eos_token_id", 2)
+    return LlamaConfig(
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=int(hf["hidden_size"]),
+        intermediate_size=int(hf["intermediate_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=num_heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+        head_dim=hf.get("head_dim"),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
+        max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+        pad_token_id=hf.get("pad_token_id"),
+    )
+
+
+def to_hf_config(config: LlamaConfig, *, torch_dtype: str | None = None) -> dict[str, Any]:
+    """The HF `config.json` dict for `config`, readable by transformers and mlx-lm."""
+    eos = config.eos_token_id
+    hf: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.resolved_head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
+        "pad_token_id": config.pad_token_id,
+        "torch_dtype": _TORCH_DTYPES[torch_dtype or config.param_dtype],
+    }
+    rs = config.rope_scaling
+    if rs.rope_type == "linear":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": rs.factor}
+    elif rs.rope_type == "llama3":
+        hf["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
+            "high_freq_factor": rs.high_freq_factor,
+            "original_max_position_embeddings": rs.original_max_position_embeddings,
+        }
+    return hf
