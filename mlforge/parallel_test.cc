@@ -1,0 +1,45 @@
+#include "mlforge/parallel.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <stdexcept>
+#include <vector>
+
+namespace mlforge {
+namespace {
+
+TEST(ParallelFor, CoversEveryIndexOnce) {
+  for (int64_t n : {0, 1, 7, 1000, 100003}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    parallel_for(n, 10, [&](int64_t b, int64_t e) {
+      ASSERT_LE(b, e);
+      for (int64_t i = b; i < e; ++i) hits[i]++;
+    });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  }
+}
+
+TEST(ParallelFor, SmallRangesRunInline) {
+  int calls = 0;  // not atomic: a second thread would be a data race the test could see
+  parallel_for(15, 10, [&](int64_t b, int64_t e) {
+    ++calls;
+    EXPECT_EQ(b, 0);
+    EXPECT_EQ(e, 15);
+  });
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(ParallelFor, RethrowsWorkerExceptions) {
+  // The last chunk runs on a worker thread whenever there is more than one chunk.
+  const int64_t n = 1 << 20;
+  EXPECT_THROW(parallel_for(n, 1,
+                            [&](int64_t, int64_t e) {
+                              if (e == n) throw std::invalid_argument("from the last chunk");
+                            }),
+               std::invalid_argument);
+  EXPECT_GE(num_threads(), 1);
+}
+
+}  // namespace
+}  // namespace mlforge

@@ -1,0 +1,123 @@
+"""Decode benchmark: reactor's JAX path vs transformers (PyTorch) on SmolLM2-135M-Instruct.
+
+    bazel run //reactor:bench_decode
+    bazel run //reactor:bench_decode -- --new_tokens=64 --dtypes=float32
+
+Same converted weights, same chat prompt, greedy, a fixed number of new tokens (EOS
+ignored), float32 and bfloat16. Prints prompt (prefill) tokens/s, time to first token and
+decode tokens/s side by side, the speed-up, and the memory-bandwidth bound: weight bytes
+read per decoded token against the measured copy bandwidth of this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+
+from reactor_core.formats.pretrained import load_pretrained
+from reactor_core.generation.generate import Generator
+
+PROMPT = "Explain in a few paragraphs how a steam engine works and why it mattered."
+
+
+@dataclasses.dataclass
+class Row:
+    engine: str
+    dtype: str
+    prompt_tokens: int
+    prefill_tps: float
+    ttft_s: float
+    decode_tps: float
+
+
+def copy_bandwidth_gbs(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Read+write bandwidth of a large numpy copy, in GB/s (best of `repeats`)."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best / 1e9
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights a decode step reads: every matrix once (the tied embedding as LM head)."""
+    import jax
+    from flax import nnx
+
+    return sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def bench_jax(bundle, ids: list[int], new_tokens: int, dtype: str) -> Row:
+    gen = Generator(bundle.model)
+    gen.generate([ids], max_new_tokens=new_tokens, stop_ids=[])  # compile
+    stats = min(
+        (gen.generate([ids], max_new_tokens=new_tokens, stop_ids=[]).stats for _ in range(2)),
+        key=lambda s: s.decode_s,
+    )
+    return Row("reactor JAX", dtype, len(ids), stats.prompt_tokens_per_s, stats.time_to_first_token_s, stats.decode_tokens_per_s)
+
+
+def bench_torch(path: str, ids: list[int], new_tokens: int, dtype: str) -> Row:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    inputs = torch.tensor([ids])
+
+    def run(n):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        return time.perf_counter() - start
+
+    run(4)  # warm-up
+    ttft = min(run(1) for _ in range(2))
+    total = run(new_tokens)
+    return Row("transformers", dtype, len(ids), len(ids) / ttft, ttft, (new_tokens - 1) / (total - ttft))
+
+
+def run(new_tokens: int = 128, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[Row]:
+    rows = []
+    bandwidth = copy_bandwidth_gbs()
+    bounds = {}
+    for dtype in dtypes:
+        bundle = load_pretrained("prime-135m-chat", dtype=dtype)
+        ids = bundle.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        weight_bytes = weight_bytes_per_token(bundle.model)
+        bounds[dtype] = (weight_bytes, bandwidth * 1e9 / weight_bytes)
+        rows.append(bench_torch(bundle.path, ids, new_tokens, dtype))
+        rows.append(bench_jax(bundle, ids, new_tokens, dtype))
+        del bundle
+    print(f"\nSmolLM2-135M-Instruct, greedy, {new_tokens} new tokens, prompt {rows[0].prompt_tokens} tokens\n")
+    print(f"| engine | dtype | prefill tok/s | TTFT ms | decode tok/s | decode vs transformers |")
+    print("|---|---|---:|---:|---:|---:|")
+    for i, r in enumerate(rows):
+        base = rows[i - i % 2].decode_tps
+        print(f"| {r.engine} | {r.dtype} | {r.prefill_tps:.0f} | {r.ttft_s * 1e3:.0f} | {r.decode_tps:.1f} | {r.decode_tps / base:.2f}x |")
+    print(f"\ncopy bandwidth (read+write): {bandwidth:.1f} GB/s")
+    for dtype, (nbytes, bound) in bounds.items():
+        jax_row = next(r for r in rows if r.engine == "reactor JAX" and r.dtype == dtype)
+        print(
+            f"{dtype}: {nbytes / 1e6:.0f} MB of weights per token -> bound {bound:.1f} tok/s; "
+            f"JAX reaches {jax_row.decode_tps / bound:.0%} of it"
+        )
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new_tokens", type=int, default=128)
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    args = parser.parse_args()
+    run(args.new_tokens, tuple(args.dtypes.split(",")))
+
+
+if __name__ == "__main__":
+    main()

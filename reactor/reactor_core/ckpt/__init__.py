@@ -1,0 +1,1 @@
+"""Checkpoints: Orbax (checkpoint.py) and the GCS mirror (gcs.py)."""

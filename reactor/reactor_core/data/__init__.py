@@ -1,0 +1,1 @@
+"""Training data: JSONL reading and validation, chat templating, packing, batch iterators."""

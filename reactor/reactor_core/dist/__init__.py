@@ -1,0 +1,1 @@
+"""Scale-out: device mesh, sharding rules, multi-host start-up, preemption handling."""

@@ -1,0 +1,1 @@
+"""Weight formats: Hugging Face safetensors directories and GGUF."""

@@ -1,0 +1,1 @@
+"""Google Cloud: the spot-VM launcher and its CLI."""

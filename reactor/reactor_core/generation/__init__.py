@@ -1,0 +1,1 @@
+"""Generation: jitted prefill/decode with a KV cache, sampling, streaming."""

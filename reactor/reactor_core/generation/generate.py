@@ -1,0 +1,191 @@
+"""Jitted prefill + decode with a KV cache, bucketed static shapes, streaming and timing stats.
+
+    gen = Generator(model)
+    for step in gen.stream([prompt_ids], max_new_tokens=64):   # step: (B,) int32, -1 = row done
+        ...
+    result = gen.generate([prompt_ids], max_new_tokens=64)      # result.tokens, result.stats
+
+Compilation is bounded by buckets. A prompt of P tokens is left-padded to the next bucket
+Pb (powers of two from 32), and the cache to Sb = bucket(Pb + max_new_tokens). One prefill
+program exists per (batch, Pb, Sb) and one decode program per (batch, Sb). A 1,000-token
+conversation that re-sends its growing history each turn with max_new_tokens=128 touches
+Pb in {32..1024} (6 buckets) and Sb in {256, 512, 1024, 2048}: at most 6 prefill and 4
+decode compiles however many turns it takes (`generate_test.py` counts them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from reactor_core.generation.sampling import SamplingConfig, select
+from reactor_core.models.kv_cache import KVCache
+
+MIN_BUCKET = 32
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
+@dataclasses.dataclass
+class GenerationStats:
+    prompt_tokens: int = 0  # real (unpadded) prompt tokens, all rows
+    new_tokens: int = 0  # generated tokens, all rows
+    prefill_s: float = 0.0  # prompt forward + first token on host
+    decode_s: float = 0.0  # all later tokens
+    time_to_first_token_s: float = 0.0
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decoded = self.new_tokens - (self.new_tokens > 0)  # the first token belongs to prefill
+        return decoded / self.decode_s if self.decode_s else 0.0
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    tokens: list[list[int]]  # generated ids per row, stop token included
+    stats: GenerationStats
+
+
+def _prefill(graphdef, state, tokens, positions, segments, cache, key, values, flags):
+    model = nnx.merge(graphdef, state)
+    logits, cache = model.forward_with_cache(tokens, positions=positions, segment_ids=segments, cache=cache)
+    seen = None
+    if flags[4]:
+        rows = jnp.arange(tokens.shape[0])[:, None]  # (B, 1)
+        seen = jnp.zeros((tokens.shape[0], logits.shape[-1]), bool).at[rows, tokens].max(segments > 0)  # (B, V)
+    key, sub = jax.random.split(key)
+    token = select(logits[:, -1], sub, seen, values, flags)  # (B,)
+    if seen is not None:
+        seen = seen.at[jnp.arange(tokens.shape[0]), token].set(True)
+    return token, cache, key, seen
+
+
+def _decode(graphdef, state, token, positions, cache, key, seen, values, flags):
+    model = nnx.merge(graphdef, state)
+    segments = jnp.ones((token.shape[0], 1), jnp.int32)  # (B, 1)
+    logits, cache = model.forward_with_cache(token[:, None], positions=positions[:, None], segment_ids=segments, cache=cache)
+    key, sub = jax.random.split(key)
+    token = select(logits[:, -1], sub, seen, values, flags)  # (B,)
+    if seen is not None:
+        seen = seen.at[jnp.arange(token.shape[0]), token].set(True)
+    return token, cache, key, seen
+
+
+class Generator:
+    """Holds a model's split state and its compiled prefill/decode programs."""
+
+    def __init__(self, model, *, min_bucket: int = MIN_BUCKET):
+        self.config = model.config
+        self.graphdef, self.state = nnx.split(model)
+        self.min_bucket = min_bucket
+        self._traces = {"prefill": 0, "decode": 0}
+        self.prefill_fn = jax.jit(self._counted("prefill", _prefill), static_argnums=(0, 8), donate_argnums=(5,))
+        self.decode_fn = jax.jit(self._counted("decode", _decode), static_argnums=(0, 8), donate_argnums=(4, 6))
+        self.last_stats = GenerationStats()
+
+    def _counted(self, name, fn):
+        def traced(*args):
+            self._traces[name] += 1  # runs only while tracing, i.e. once per compiled program
+            return fn(*args)
+
+        return traced
+
+    def compile_counts(self) -> tuple[int, int]:
+        """(prefill programs, decode programs) traced and compiled so far."""
+        return self._traces["prefill"], self._traces["decode"]
+
+    def stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig = SamplingConfig(),
+        stop_ids: Sequence[int] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Yields each step's tokens (B,) int32; a row that already stopped yields -1.
+
+        Stops after `max_new_tokens` or when every row produced one of `stop_ids`
+        (default: the config's EOS ids). Stats land in `self.last_stats`.
+        """
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        stops = np.asarray(list(self.config.eos_token_ids if stop_ids is None else stop_ids), np.int32)
+        batch = len(prompts)
+        lengths = np.array([len(p) for p in prompts])
+        p_len = bucket(int(lengths.max()), self.min_bucket)
+        s_len = bucket(p_len + max_new_tokens, self.min_bucket)
+        tokens = np.zeros((batch, p_len), np.int32)
+        segments = np.zeros((batch, p_len), np.int32)
+        for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in the last slot
+            tokens[i, p_len - len(p) :] = p
+            segments[i, p_len - len(p) :] = 1
+        pads = p_len - lengths
+        positions = np.maximum(np.arange(p_len)[None, :] - pads[:, None], 0).astype(np.int32)  # (B, P)
+
+        stats = GenerationStats(prompt_tokens=int(lengths.sum()))
+        self.last_stats = stats
+        flags, values = sampling.flags, sampling.values()
+        cache = KVCache.init(self.config, batch, s_len)
+        key = jax.random.key(sampling.seed)
+        start = time.perf_counter()
+        token, cache, key, seen = self.prefill_fn(
+            self.graphdef, self.state, tokens, positions, segments, cache, key, values, flags
+        )
+        done = np.zeros(batch, bool)
+        next_pos = lengths.astype(np.int32)
+        for step in range(max_new_tokens):
+            pending = None
+            if step + 1 < max_new_tokens:  # dispatch the next step before reading this one (overlap)
+                pending = self.decode_fn(self.graphdef, self.state, token, jnp.asarray(next_pos), cache, key, seen, values, flags)
+            host = np.asarray(token)
+            now = time.perf_counter()
+            if step == 0:
+                stats.prefill_s = stats.time_to_first_token_s = now - start
+            else:
+                stats.decode_s = now - start - stats.prefill_s
+            out = np.where(done, -1, host).astype(np.int32)
+            stats.new_tokens += int((~done).sum())
+            done |= np.isin(host, stops)
+            yield out
+            if done.all() or pending is None:
+                return
+            token, cache, key, seen = pending
+            next_pos = next_pos + 1
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig = SamplingConfig(),
+        stop_ids: Sequence[int] | None = None,
+    ) -> GenerationResult:
+        rows: list[list[int]] = [[] for _ in prompts]
+        for step in self.stream(prompts, max_new_tokens=max_new_tokens, sampling=sampling, stop_ids=stop_ids):
+            for row, tok in zip(rows, step.tolist()):
+                if tok >= 0:
+                    row.append(tok)
+        return GenerationResult(tokens=rows, stats=self.last_stats)
+
+
+def generate(model, prompts: Sequence[Sequence[int]], **kwargs) -> GenerationResult:
+    """One-off convenience: builds a Generator (and compiles) for a single call."""
+    return Generator(model).generate(prompts, **kwargs)

@@ -1,0 +1,1 @@
+"""Model definitions: the Llama family in Flax NNX, configs and presets."""

@@ -1,0 +1,83 @@
+"""Grouped-query causal self-attention with RoPE, packed-row masking and an optional KV cache."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reactor_core.models import axes, kv_cache
+from reactor_core.models.config import LlamaConfig
+from reactor_core.models.rope import apply_rope
+
+_MASKED = -1e30  # finite, so fully masked rows (padding queries) give no NaNs
+
+
+def attention_mask(
+    q_slots: jax.Array, q_segments: jax.Array, k_slots: jax.Array, k_segments: jax.Array
+) -> jax.Array:
+    """Which keys each query may see: causal in slot order, same segment, not padding.
+
+    q_slots (B, T), q_segments (B, T), k_slots (B, S), k_segments (B, S) -> (B, 1, 1, T, S) bool.
+    """
+    causal = k_slots[:, None, :] <= q_slots[:, :, None]  # (B, T, S)
+    same = (q_segments[:, :, None] == k_segments[:, None, :]) & (k_segments[:, None, :] != 0)  # (B, T, S)
+    return (causal & same)[:, None, None]  # (B, 1, 1, T, S)
+
+
+def _linear(cfg: LlamaConfig, n_in: int, n_out: int, names, *, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=False,
+        dtype=jnp.dtype(cfg.dtype),
+        param_dtype=jnp.dtype(cfg.param_dtype),
+        kernel_init=axes.partitioned(nnx.initializers.normal(0.02), names),
+        rngs=rngs,
+    )
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs):
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.resolved_head_dim
+        self.dtype = jnp.dtype(cfg.dtype)
+        e, h, kvh = cfg.hidden_size, cfg.num_heads * self.head_dim, cfg.num_kv_heads * self.head_dim
+        self.q_proj = _linear(cfg, e, h, (axes.EMBED, axes.HEADS), rngs=rngs)
+        self.k_proj = _linear(cfg, e, kvh, (axes.EMBED, axes.KV_HEADS), rngs=rngs)
+        self.v_proj = _linear(cfg, e, kvh, (axes.EMBED, axes.KV_HEADS), rngs=rngs)
+        self.o_proj = _linear(cfg, h, e, (axes.HEADS, axes.EMBED), rngs=rngs)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,
+        cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """x (B, T, E); cache = (keys, values, index) of this layer. Returns (out, new keys/values)."""
+        b, t, _ = x.shape
+        d, kvh = self.head_dim, self.num_kv_heads
+        groups = self.num_heads // kvh
+        q = self.q_proj(x).reshape(b, t, self.num_heads, d)  # (B, T, H, D)
+        k = self.k_proj(x).reshape(b, t, kvh, d)  # (B, T, KVH, D)
+        v = self.v_proj(x).reshape(b, t, kvh, d)  # (B, T, KVH, D)
+        q = axes.constrain(apply_rope(q, cos, sin), (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM))
+        k = axes.constrain(apply_rope(k, cos, sin), (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
+        v = axes.constrain(v, (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
+        new_kv = None
+        if cache is not None:
+            cache_k, cache_v, index = cache
+            k = kv_cache.write(cache_k, k, index)  # (B, S, KVH, D)
+            v = kv_cache.write(cache_v, v, index)  # (B, S, KVH, D)
+            new_kv = (k, v)
+        q = q.reshape(b, t, kvh, groups, d)  # (B, T, KVH, G, D)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)  # (B, KVH, G, T, S)
+        scores = scores * (d**-0.5)
+        scores = jnp.where(mask, scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)  # (B, KVH, G, T, S)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))  # (B, T, KVH, G, D)
+        out = out.reshape(b, t, self.num_heads * d)  # (B, T, H*D)
+        return self.o_proj(out), new_kv

@@ -1,0 +1,73 @@
+"""Hooks: everything the loop does besides stepping (logging, eval, checkpoints, plots).
+
+The loop only steps and calls hooks:
+
+    for hook in hooks: hook.start(run)
+    while run.step < run.total_steps:
+        run.state, metrics = train_step(...); run.step += 1
+        for hook in hooks:
+            if hook.due(run): hook.after_step(run)
+    for hook in hooks: hook.end(run)
+
+A hook with every_n_steps = N runs after steps N, 2N, ... and after the last step;
+every_n_steps = 0 runs after the last step only. Host-side numbers a hook produces go
+through `run.emit(step, metrics)`, which records them and hands them to every hook's
+`on_metrics` (the JSONL, TensorBoard and progress-bar writers listen there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+
+class Hook:
+    every_n_steps: int = 1
+
+    def due(self, run: Run) -> bool:
+        n = self.every_n_steps
+        return run.step == run.total_steps or (n > 0 and run.step % n == 0)
+
+    def start(self, run: Run) -> None:
+        pass
+
+    def after_step(self, run: Run) -> None:
+        pass
+
+    def on_metrics(self, run: Run, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def end(self, run: Run) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class Run:
+    """What hooks can see and change. `state` is the current TrainState (on device)."""
+
+    config: Any  # TrainingConfig
+    output_dir: str
+    total_steps: int
+    state: Any
+    split: Any  # state.SplitModel
+    reference: Any = None  # DPO reference weights, when separate
+    train_batches: Any = None  # the data iterator (state() / restore() for resume)
+    hooks: list = dataclasses.field(default_factory=list)
+    step: int = 0
+    tokens_seen: int = 0
+    pending: list = dataclasses.field(default_factory=list)  # device metrics since the last log
+    history: list = dataclasses.field(default_factory=list)  # every emitted record
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    outputs: dict = dataclasses.field(default_factory=dict)  # name -> path, filled by hooks and the trainer
+
+    def emit(self, step: int, metrics: dict[str, float]) -> None:
+        self.history.append({"step": step, **metrics})
+        for hook in self.hooks:
+            hook.on_metrics(self, step, metrics)
+
+    def latest(self, key: str):
+        for record in reversed(self.history):
+            if key in record:
+                return record[key]
+        return None

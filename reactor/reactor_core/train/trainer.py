@@ -1,0 +1,238 @@
+"""Trainer: SFT or DPO fine-tuning (LoRA, QLoRA or full) of a reactor Llama.
+
+    from reactor_core import Trainer, TrainingConfig
+    config = TrainingConfig(model_name="prime-135m-chat", use_lora=True, lora_rank=16, num_epochs=3)
+    result = Trainer(config).train("./data/train.jsonl")
+    result.metrics["eval/loss"], result.outputs["adapter"]
+
+The run directory (run.output_dir) receives config.json (the resolved config),
+metrics.jsonl, tensorboard/, loss_curve.png, adapter/ (PEFT) or model/ (full fine-tuning),
+merged/ on request, and checkpoints/ when checkpointing is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from reactor_core.train import base_model, environment, objectives
+from reactor_core.train import state as state_lib
+from reactor_core.train.checkpoint_hook import Checkpoint
+from reactor_core.train.config import TrainingConfig
+from reactor_core.train.eval_hook import Evaluate
+from reactor_core.train.hooks import Hook, Run
+from reactor_core.train.metrics_hooks import JsonlWriter, ProgressBar, TensorBoardWriter, TrainMetrics, default_paths
+from reactor_core.train.optim import build_optimizer
+from reactor_core.train.plot import LossCurve
+from reactor_core.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger("reactor_core.train")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    metrics: dict[str, float]  # the latest value of every metric (train/*, eval/*)
+    initial_metrics: dict[str, float]  # the first value of every metric (eval/* before training)
+    steps: int
+    output_dir: str
+    outputs: dict[str, str]  # config, metrics, tensorboard, plot, adapter / model, merged, checkpoints
+    data_stats: dict
+    history: list[dict]
+
+
+class Trainer:
+    """Trains per a TrainingConfig. `model`/`tokenizer` may be given (tests, notebooks)."""
+
+    def __init__(self, config: TrainingConfig, *, model: nnx.Module | None = None, tokenizer=None, hooks: Iterable[Hook] = ()):
+        if not isinstance(config, TrainingConfig):
+            raise TypeError(f"Trainer needs a TrainingConfig, got {type(config).__name__}")
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.extra_hooks = list(hooks)
+        num_params = base_model.num_params(config.model) if model is None else state_lib.count_params(nnx.state(model, nnx.Param))
+        environment.check_can_train(config.model.name, num_params, force=config.run.force)
+
+    # ---- setup ----
+
+    def _load_model(self, config: TrainingConfig):
+        full = not config.lora.enabled
+        if self.model is not None:
+            model, tokenizer, source = self.model, self.tokenizer, config.model.path or config.model.name
+        else:
+            model, tokenizer, source = base_model.load_base(config.model, full_finetune=full, seed=config.run.seed)
+            tokenizer = self.tokenizer or tokenizer
+        if tokenizer is None:
+            raise ValueError("no tokenizer: model.path='random' needs Trainer(config, tokenizer=...)")
+        base_model.prepare(model, config.lora, config.quant, remat=config.model.remat, seed=config.run.seed)
+        return model, tokenizer, source
+
+    def _datasets(self, config: TrainingConfig, tokenizer):
+        from reactor_core.data import chat
+        from reactor_core.data import dataset as dataset_lib
+        from reactor_core.data import iterator
+
+        dc = config.data
+        sft = config.run.mode == "sft"
+        build = dataset_lib.build_sft_dataset if sft else dataset_lib.build_preference_dataset
+        batches_cls = iterator.SFTBatches if sft else iterator.PreferenceBatches
+        pad_id = chat.pad_token_id(tokenizer)
+        train_set = build(dc, tokenizer, split="train")
+        train_set.stats.log_summary(log)
+        train = batches_cls(train_set, dc, pad_id=pad_id, shuffle=dc.shuffle, repeat=True)
+        train.stats = train_set.stats
+        rows = len(train_set) if not (sft and dc.pack) else _count_rows(batches_cls(train_set, dc, pad_id=pad_id, shuffle=False, repeat=False))
+        eval_batches = []
+        if dc.eval_path or dc.eval_fraction > 0:
+            eval_set = build(dc, tokenizer, split="eval")
+            eval_set.stats.log_summary(log)
+            for i, batch in enumerate(batches_cls(eval_set, dc, pad_id=pad_id, shuffle=False, repeat=False)):
+                if config.run.eval_batches and i >= config.run.eval_batches:
+                    break
+                eval_batches.append(batch)
+        return train, rows, eval_batches
+
+    def _reference(self, config: TrainingConfig, model, split: state_lib.SplitModel):
+        """DPO reference weights: None (LoRA off), a separate model, or a frozen copy of the start."""
+        if config.run.mode != "dpo":
+            return None
+        if config.dpo.reference:
+            ref_model, _, _ = base_model.load_base(
+                dataclasses.replace(config.model, path=config.dpo.reference), full_finetune=False, seed=config.run.seed
+            )
+        elif config.lora.enabled:
+            return None
+        else:
+            ref_model = model  # full fine-tuning: a copy of the starting weights
+        graphdef, ref_state = nnx.split(ref_model)
+        split.reference_graphdef = graphdef
+        return jax.tree.map(jnp.copy, ref_state)
+
+    # ---- the run ----
+
+    def train(self, data: str | os.PathLike | None = None, *, eval_data: str | os.PathLike | None = None) -> TrainResult:
+        """Trains on `data` (JSONL; overrides config.data.path) and returns metrics and output paths."""
+        overrides = {}
+        if data is not None:
+            overrides["data_path"] = os.fspath(data)
+        if eval_data is not None:
+            overrides["eval_data"] = os.fspath(eval_data)
+        config = self.config.replace(**overrides) if overrides else self.config
+        if not config.data.path:
+            raise ValueError("No training data: call trainer.train('train.jsonl') or set data_path / --data.")
+        paths = default_paths(config.run.output_dir)
+        os.makedirs(config.run.output_dir, exist_ok=True)
+        with open(paths["config"], "w") as f:
+            f.write(config.to_json() + "\n")
+
+        model, tokenizer, source = self._load_model(config)
+        train_batches, rows_per_epoch, eval_batches = self._datasets(config, tokenizer)
+        accum = config.optim.grad_accum_steps
+        if config.run.max_steps:
+            total_steps = config.run.max_steps
+        else:
+            total_steps = max(1, math.ceil(rows_per_epoch * config.run.num_epochs / (config.data.batch_size * accum)))
+
+        split, params, rng = state_lib.split_model(model, use_lora=config.lora.enabled)
+        reference = self._reference(config, model, split)
+        tx, schedule = build_optimizer(config.optim, total_steps)
+        train_state = state_lib.init_state(params, rng, tx)
+        del params, rng
+        log.info(
+            "training %s parameters (%s frozen) for %d steps",
+            f"{state_lib.count_params(train_state.params):,}",
+            f"{state_lib.count_params(split.frozen):,}",
+            total_steps,
+        )
+        objective = objectives.make_objective(config.run, config.dpo)
+        train_step = make_train_step(split, objective, tx, schedule)
+
+        run = Run(config=config, output_dir=config.run.output_dir, total_steps=total_steps, state=train_state, split=split)
+        run.reference = reference
+        run.train_batches = train_batches
+        run.outputs["config"] = paths["config"]
+        hooks: list[Hook] = [
+            JsonlWriter(paths["metrics"]),
+            TensorBoardWriter(paths["tensorboard"]),
+            ProgressBar(config.run.progress),
+            TrainMetrics(config.run.log_every),
+        ]
+        if eval_batches:
+            hooks.append(Evaluate(make_eval_step(split, objective), eval_batches, every_n_steps=config.run.eval_every))
+        if config.checkpoint.every_n_steps:
+            directory = os.path.abspath(config.checkpoint.dir or paths["checkpoints"])
+            hooks.append(Checkpoint(directory, every_n_steps=config.checkpoint.every_n_steps, keep=config.checkpoint.keep))
+        if config.run.plot:
+            hooks.append(LossCurve(paths["plot"]))
+        run.hooks = hooks + self.extra_hooks
+
+        for hook in run.hooks:
+            hook.start(run)
+        while run.step < total_steps:
+            batch = _stack([next(train_batches) for _ in range(accum)])
+            run.state, metrics = train_step(run.state, split.frozen, reference, batch)
+            run.step += 1
+            run.tokens_seen += objectives.batch_tokens(batch)
+            run.pending.append(metrics)
+            for hook in run.hooks:
+                if hook.due(run):
+                    hook.after_step(run)
+        for hook in run.hooks:
+            hook.end(run)
+
+        final_model = split.merge(run.state.params, run.state.rng, train=False)
+        self._export(config, final_model, tokenizer, source, paths, run)
+        self.model = final_model
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        for record in run.history:
+            for key, value in record.items():
+                if key != "step":
+                    first.setdefault(key, value)
+                    last[key] = value
+        return TrainResult(
+            metrics=last,
+            initial_metrics=first,
+            steps=run.step,
+            output_dir=config.run.output_dir,
+            outputs=dict(run.outputs),
+            data_stats=train_batches.stats.to_dict() if train_batches.stats else {},
+            history=run.history,
+        )
+
+    def _export(self, config, model, tokenizer, source, paths, run: Run) -> None:
+        from reactor_core.formats import hf
+        from reactor_core.lora import peft
+
+        if config.lora.enabled:
+            base = source if isinstance(source, str) else config.model.name
+            run.outputs["adapter"] = peft.save_adapter(model, config.lora, paths["adapter"], base_model=base)
+            if config.run.export_merged:
+                run.outputs["merged"] = peft.save_merged(model, paths["merged"], tokenizer=tokenizer)
+        else:
+            hf.save_hf_dir(model, paths["model"])
+            tokenizer.save_pretrained(paths["model"])
+            run.outputs["model"] = paths["model"]
+
+
+def _stack(batches: list) -> dict:
+    """A (A, B, T) batch from A micro-batches (nested dicts of arrays)."""
+    if isinstance(batches[0], dict):
+        return {k: _stack([b[k] for b in batches]) for k in batches[0]}
+    return np.stack(batches)
+
+
+def _count_rows(one_pass) -> int:
+    """Real (non-padding) rows of one pass, for turning epochs into steps."""
+    rows = 0
+    for batch in one_pass:
+        rows += int((batch["segment_ids"] > 0).any(axis=-1).sum())
+    return rows
