@@ -17,7 +17,7 @@ from jarvis import context, conversation
 from jarvis.context import ContextOverflowError
 from jarvis.memory import Memory, Message, NotFoundError
 from jarvis.paths import user_path
-from jarvis.router import Route, Router, kind_of
+from jarvis.router import Route, Router, kind_of, short_status
 from jarvis.sampling import Sampling
 
 from jarvis_prime import PrimeError
@@ -113,6 +113,7 @@ class Session:
         self.last_answer: Message | None = None
         self.last_result = None
         self.totals = {"answers": 0, "tokens": 0, "seconds": 0.0}
+        self._noticed: set[str] = set()  # a fallback notice is shown once per session
 
     # ---- model and conversation ----
 
@@ -121,7 +122,9 @@ class Session:
             kind="reasoning" if self.reasoning else "chat", has_image=self.image is not None, default=self.model_name
         )
         for n in route.notices:
-            self.console.notice(n)
+            if n not in self._noticed or self.image is not None:
+                self.console.notice(n)
+            self._noticed.add(n)
         return route
 
     def _conversation(self, route: Route):
@@ -310,7 +313,7 @@ class Session:
             current = self.model_name or self.router.chat_model_name()
             for info in self.router.catalogue():
                 mark = "*" if info.name == current else " "
-                self.console.info(f"{mark} {info.name:26s} {kind_of(info):9s} {info.status}")
+                self.console.info(f"{mark} {info.name:26s} {kind_of(info):9s} {short_status(info)}")
             return
         name = user_path(arg) if os.sep in arg or arg.startswith(".") else arg
         route = self.router.route(model=name)  # loads it now, so a bad name fails here
@@ -320,7 +323,7 @@ class Session:
         if route.kind == "reasoning" and not self.reasoning:
             self.reasoning = True
         self._save_settings(model=name, reasoning=self.reasoning)
-        self.console.info(f"Model: {route.name} ({route.model.backend}, quantization {route.model.quantization})")
+        self.console.info(f"Model: {route.name} ({route.model.backend}, {_quantization(route)})")
 
     def _cmd_system(self, arg):
         if not arg:
@@ -374,7 +377,7 @@ class Session:
             route = self.router.route(kind="reasoning" if self.reasoning else "chat", default=self.model_name)
             m = route.model
             self.console.info(
-                f"model        {route.name} ({m.backend} backend, quantization {m.quantization}, "
+                f"model        {route.name} ({m.backend} backend, {_quantization(route)}, "
                 f"{route.info.context_length}-token window)"
             )
         except PrimeError as e:
@@ -392,6 +395,11 @@ class Session:
             f"sampling     max_tokens={s.max_tokens} temperature={s.temperature} top_p={s.top_p} top_k={s.top_k} "
             f"min_p={s.min_p} repetition_penalty={s.repetition_penalty} seed={s.seed}"
         )
+
+
+def _quantization(route: Route) -> str:
+    q = route.model.quantization
+    return f"{q} weights" if q else "full-precision weights"
 
 
 def _stats_line(result) -> str:

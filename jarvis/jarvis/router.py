@@ -63,6 +63,13 @@ def kind_of(info: ModelInfo) -> str:
     return "reasoning" if info.template == "reasoning" else "chat"
 
 
+def short_status(info: ModelInfo) -> str:
+    """The first sentence of a status: Prime's full reasons say where to put the weights."""
+    first = info.status.split(". ", 1)[0].rstrip(".")
+    first = first.removeprefix(info.name + " ").removeprefix(f"({info.description}) ").removeprefix("is ")
+    return first or info.status
+
+
 def _fits(info: ModelInfo, quantization: str | None) -> bool:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -203,5 +210,5 @@ class Router:
 
     def _missing(self, kind: str, fallback: str) -> str:
         of_kind = [i for i in self.catalogue() if kind_of(i) == kind]
-        why = "; ".join(f"{i.name}: {i.status}" for i in of_kind) or "none in the catalogue"
+        why = "; ".join(f"{i.name}: {short_status(i)}" for i in of_kind) or "none in the catalogue"
         return f"No {kind} model is installed ({why}); {os.path.basename(fallback.rstrip('/'))} answers instead"

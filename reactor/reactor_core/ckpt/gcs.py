@@ -243,3 +243,16 @@ class Uploader:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+class Markers:
+    """Existence checks for single objects (the launcher's DONE/FAILED markers)."""
+
+    def __init__(self, client=None):
+        self._client = client
+
+    def exists(self, url: str) -> bool:
+        parsed = GcsUrl.parse(url)
+        if self._client is None:
+            self._client = make_client()
+        return self._client.bucket(parsed.bucket).blob(parsed.prefix).exists()
