@@ -22,7 +22,9 @@ _TYPES = {
 class ApiError(Exception):
     """Raised by handlers; turned into an OpenAI-style error response by the app."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, headers=None):
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None, headers=None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -55,11 +57,19 @@ def from_validation(errors: list[dict]) -> ApiError:
         return ApiError(400, f"The request body is not valid JSON: {first['msg']}", code="invalid_json")
     loc = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        return ApiError(400, f"Unrecognized request argument supplied: {loc}", param=loc, code="unknown_parameter")
+        return ApiError(
+            400, f"Unrecognized request argument supplied: {loc}", param=loc, code="unknown_parameter"
+        )
     if first["type"] == "missing":
-        return ApiError(400, f"Missing required parameter: '{loc}'", param=loc, code="missing_required_parameter")
+        return ApiError(
+            400, f"Missing required parameter: '{loc}'", param=loc, code="missing_required_parameter"
+        )
     if not loc:
-        return ApiError(400, f"The request body must be a JSON object: {first['msg']}", code="invalid_request")
+        return ApiError(
+            400, f"The request body must be a JSON object: {first['msg']}", code="invalid_request"
+        )
     given = first.get("input")
     shown = repr(given)[:80] if not isinstance(given, (dict, list)) else type(given).__name__
-    return ApiError(400, f"Invalid value for '{loc}': {first['msg']} (got {shown})", param=loc, code="invalid_type")
+    return ApiError(
+        400, f"Invalid value for '{loc}': {first['msg']} (got {shown})", param=loc, code="invalid_type"
+    )

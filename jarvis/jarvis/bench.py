@@ -53,7 +53,11 @@ class Sample:
 
     @property
     def decode_rate(self) -> float:
-        return (self.tokens - 1) / (self.seconds - self.ttft) if self.tokens > 1 and self.seconds > self.ttft else 0.0
+        return (
+            (self.tokens - 1) / (self.seconds - self.ttft)
+            if self.tokens > 1 and self.seconds > self.ttft
+            else 0.0
+        )
 
 
 def direct(model, config: BenchConfig) -> list[Sample]:
@@ -70,8 +74,14 @@ def direct(model, config: BenchConfig) -> list[Sample]:
 
 
 async def _one(http: httpx.AsyncClient, url: str, config: BenchConfig) -> Sample:
-    body = {"model": "auto", "messages": MESSAGES, "max_tokens": config.max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "auto",
+        "messages": MESSAGES,
+        "max_tokens": config.max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start = time.perf_counter()
     first, tokens = None, 0
     async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -109,8 +119,18 @@ def start_server(config: BenchConfig, home: str) -> tuple[subprocess.Popen, str]
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), JARVIS_HOME=home)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jarvis.cli", "serve", "--port", str(port), "--model", config.model,
-         "--max-concurrent", str(max(config.concurrency))],
+        [
+            sys.executable,
+            "-m",
+            "jarvis.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            config.model,
+            "--max-concurrent",
+            str(max(config.concurrency)),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -141,8 +161,12 @@ def run(config: BenchConfig) -> str:
 
     router = Router(RouterConfig(model=config.model))
     model, _ = router.load(config.model)
-    print(f"model {model.info.name} ({model.backend}, quantization {model.quantization}); "
-          f"max_tokens {config.max_tokens}; warming up...", file=sys.stderr, flush=True)
+    print(
+        f"model {model.info.name} ({model.backend}, quantization {model.quantization}); "
+        f"max_tokens {config.max_tokens}; warming up...",
+        file=sys.stderr,
+        flush=True,
+    )
     direct_samples = direct(model, config)
     lines = [
         "| path             | clients | requests | tokens | TTFT mean (s) | tok/s per stream | aggregate tok/s |",

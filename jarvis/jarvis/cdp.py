@@ -51,13 +51,13 @@ class Chromium:
             os.dup2(a, 3)
             os.dup2(b, 4)
 
-        self.log = open(os.path.join(user_data_dir, "chromium.log"), "wb")
+        self.log = open(os.path.join(user_data_dir, "chromium.log"), "wb")  # noqa: SIM115  (closed in close())
         self.proc = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"],
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,
-            preexec_fn=wire,
+            preexec_fn=wire,  # noqa: PLW1509  (only dup2 calls before exec)
             close_fds=False,
         )
         os.close(to_chrome_r)
@@ -85,7 +85,9 @@ class Chromium:
                     if q is not None:
                         q.put(message)
 
-    def send(self, method: str, params: dict | None = None, *, session: str | None = None, timeout: float = 60):
+    def send(
+        self, method: str, params: dict | None = None, *, session: str | None = None, timeout: float = 60
+    ):
         with self._lock:
             self._next_id += 1
             mid = self._next_id
@@ -135,7 +137,9 @@ class Page:
         return self.browser.send(method, params, session=self.session, timeout=timeout)
 
     def eval(self, expression: str):
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        result = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
         if "exceptionDetails" in result:
             raise CdpError(f"{expression[:60]}...: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
@@ -154,4 +158,7 @@ class Page:
 
     def press_enter(self) -> None:
         for kind in ("keyDown", "keyUp"):
-            self.call("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13})
+            self.call(
+                "Input.dispatchKeyEvent",
+                {"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13},
+            )

@@ -32,7 +32,9 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="catalogue name or model directory (default: the best installed chat model)")
+    p.add_argument(
+        "--model", help="catalogue name or model directory (default: the best installed chat model)"
+    )
     p.add_argument("--quantization", help="none, 8bit or 4bit (default: the machine's default for the model)")
     p.add_argument("--backend", help="auto, jax or mlx")
     p.add_argument("--device", help="auto, cpu, gpu, ...")
@@ -40,7 +42,9 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="assistant", description=f"Jarvis {jarvis.__version__}: the assistant on Prime")
+    p = argparse.ArgumentParser(
+        prog="assistant", description=f"Jarvis {jarvis.__version__}: the assistant on Prime"
+    )
     p.add_argument("--version", action="version", version=f"jarvis {jarvis.__version__}")
     sub = p.add_subparsers(dest="command")
 
@@ -50,7 +54,9 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--prompt", help="answer this one message and exit")
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--resume", metavar="ID", help="continue a stored conversation")
-    chat.add_argument("--reasoning", action="store_true", default=None, help="answer with the reasoning model")
+    chat.add_argument(
+        "--reasoning", action="store_true", default=None, help="answer with the reasoning model"
+    )
     chat.add_argument("--hide-thinking", action="store_true", help="hide a reasoning model's thinking")
     chat.add_argument("--no-stats", action="store_true", help="no tokens/speed line after answers")
 
@@ -59,7 +65,9 @@ def parser() -> argparse.ArgumentParser:
     _sampling_flags(serve)
     serve.add_argument("--host", help="bind address (default 127.0.0.1; others need an API key)")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--api-key", dest="api_key", help="required as 'Authorization: Bearer KEY' (default: $JARVIS_API_KEY)")
+    serve.add_argument(
+        "--api-key", dest="api_key", help="required as 'Authorization: Bearer KEY' (default: $JARVIS_API_KEY)"
+    )
     serve.add_argument("--max-request-bytes", type=int, dest="max_request_bytes")
     serve.add_argument("--max-tokens-limit", type=int, dest="max_tokens_limit")
     serve.add_argument("--max-concurrent", type=int, dest="max_active", help="streams generated together")
@@ -83,7 +91,9 @@ def _given(args, *names) -> dict:
 def _sampling(args):
     from jarvis.sampling import Sampling
 
-    return Sampling(**_given(args, "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed"))
+    return Sampling(
+        **_given(args, "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
+    )
 
 
 def _router_config(args):
@@ -137,7 +147,8 @@ def chat(args) -> int:
 
 def serve(args) -> int:
     from jarvis.engine import EngineConfig
-    from jarvis.server import ServerConfig, build_state, serve as run_server
+    from jarvis.server import ServerConfig, build_state
+    from jarvis.server import serve as run_server
 
     given = _given(args, "host", "port", "api_key", "max_request_bytes", "max_tokens_limit", "warmup")
     given.setdefault("api_key", os.environ.get("JARVIS_API_KEY") or None)
@@ -154,11 +165,14 @@ def serve(args) -> int:
 
 
 def export(args) -> int:
-    from jarvis.export import ExportConfig, export as run_export
+    from jarvis.export import ExportConfig
+    from jarvis.export import export as run_export
     from jarvis.memory import Memory
     from jarvis.paths import user_path
 
-    config = ExportConfig(format=args.format, output=user_path(args.output), **_given(args, "overwrite", "rated_only"))
+    config = ExportConfig(
+        format=args.format, output=user_path(args.output), **_given(args, "overwrite", "rated_only")
+    )
     with Memory.open(_home(args)) as memory:
         n = run_export(memory, config)
     print(f"Wrote {n} {config.format} example(s) to {config.output}", file=sys.stderr)

@@ -18,7 +18,13 @@ from jarvis.tiny_llama import make_tiny_llama
 def _run(args, home, stdin=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p), JARVIS_HOME=home)
     return subprocess.run(
-        [sys.executable, "-m", "jarvis.cli", *args], input=stdin, capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "jarvis.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
     )
 
 
@@ -50,7 +56,9 @@ def test_empty_stdin_and_bad_model_fail_cleanly(tmp_path):
     empty = _run([], home, stdin="")
     assert empty.returncode == 2 and "stdin was empty" in empty.stderr
     bad = _run(["--model", "prime-9000b", "--prompt", "hi"], home)
-    assert bad.returncode == 1 and "Unknown model 'prime-9000b'" in bad.stderr and "Traceback" not in bad.stderr
+    assert (
+        bad.returncode == 1 and "Unknown model 'prime-9000b'" in bad.stderr and "Traceback" not in bad.stderr
+    )
 
 
 def test_export_resolves_paths_against_the_users_directory(tmp_path, monkeypatch, capsys):
@@ -64,7 +72,7 @@ def test_export_resolves_paths_against_the_users_directory(tmp_path, monkeypatch
         memory.rate(memory.add_message(conv.id, "assistant", "5", reply_to=user.id).id, -1)
     monkeypatch.setenv("BUILD_WORKING_DIRECTORY", str(tmp_path))  # as under `bazel run`
     assert cli.main(["export", "--format=preference", "--output=out/prefs.jsonl", "--home", home]) == 0
-    rows = [json.loads(line) for line in open(tmp_path / "out" / "prefs.jsonl")]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "prefs.jsonl").read_text().splitlines()]
     assert rows == [{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5"}]
     assert "Wrote 1 preference example(s)" in capsys.readouterr().err
     assert cli.main(["export", "--format=preference", "--output=out/prefs.jsonl", "--home", home]) == 2

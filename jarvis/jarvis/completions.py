@@ -10,10 +10,9 @@ import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from jarvis_prime import ModelNotAvailableError, PrimeError, UnknownModelError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-
-from jarvis_prime import ModelNotAvailableError, PrimeError, UnknownModelError
 
 from jarvis.api_errors import ApiError, from_validation
 from jarvis.engine import Done, EngineBusy, EngineStopped, Failed, Job, Piece
@@ -43,7 +42,9 @@ def served_models(state) -> dict[str, str]:
     ids = {i.name: i.name for i in state.router.catalogue() if i.status == "loadable"}
     configured = state.router.config.model
     if configured:
-        ids[os.path.basename(configured.rstrip("/")) if os.path.isdir(configured) else configured] = configured
+        ids[os.path.basename(configured.rstrip("/")) if os.path.isdir(configured) else configured] = (
+            configured
+        )
     return ids
 
 
@@ -55,7 +56,12 @@ async def route_for(state, model_id: str, *, has_image: bool = False, kind: str 
         if model_id not in served:
             info = state.router.info(model_id)
             if info is not None:
-                raise ApiError(400, f"Model {model_id!r} is not available: {info.status}", param="model", code="model_not_available")
+                raise ApiError(
+                    400,
+                    f"Model {model_id!r} is not available: {info.status}",
+                    param="model",
+                    code="model_not_available",
+                )
             raise ApiError(
                 404,
                 f"The model {model_id!r} does not exist. Available: {', '.join(sorted(served)) or 'none'}",
@@ -86,7 +92,12 @@ def max_tokens_for(state, requested: int | None, prompt_tokens: int, window: int
     to what is left of the window, an explicit value that does not fit is a 400."""
     limit = state.config.max_tokens_limit
     if requested is not None and requested > limit:
-        raise ApiError(400, f"max_tokens is {requested}; this server allows at most {limit}", param="max_tokens", code="invalid_value")
+        raise ApiError(
+            400,
+            f"max_tokens is {requested}; this server allows at most {limit}",
+            param="max_tokens",
+            code="invalid_value",
+        )
     room = window - prompt_tokens
     if room < 1 or (requested is not None and requested > room):
         raise ApiError(
@@ -104,7 +115,9 @@ def submit(state, start) -> Job:
     try:
         return state.engine.submit(start, loop=asyncio.get_running_loop())
     except EngineBusy as e:
-        raise ApiError(503, f"The server is overloaded: {e}", code="overloaded", headers={"Retry-After": "1"}) from None
+        raise ApiError(
+            503, f"The server is overloaded: {e}", code="overloaded", headers={"Retry-After": "1"}
+        ) from None
     except EngineStopped:
         raise ApiError(503, "The server is shutting down", code="shutting_down") from None
 
@@ -186,7 +199,9 @@ def list_models(request: Request):
         info = infos.get(name)
         entry = {"id": model_id, "object": "model", "created": int(state.started), "owned_by": "jarvis-prime"}
         if info is not None:
-            entry.update(context_length=info.context_length, modalities=list(info.modalities), template=info.template)
+            entry.update(
+                context_length=info.context_length, modalities=list(info.modalities), template=info.template
+            )
         data.append(entry)
     return {"object": "list", "data": data}
 
@@ -201,7 +216,11 @@ async def chat_completions(request: Request):
     max_tokens = max_tokens_for(state, req.requested_max_tokens, prompt_tokens, route.info.context_length)
     sampling = req.sampling(state.sampling, max_tokens=max_tokens)
     job = submit(state, lambda: route.model.chat_stream(messages, **sampling.kwargs()))
-    cid, created, served_id = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time()), _served_id(req.model, route)
+    cid, created, served_id = (
+        "chatcmpl-" + uuid.uuid4().hex[:24],
+        int(time.time()),
+        _served_id(req.model, route),
+    )
     splitter = ThinkingSplitter(convention=convention_for(route.info.template))
     headers = _notice_headers(route)
 
@@ -218,7 +237,14 @@ async def chat_completions(request: Request):
                 "object": "chat.completion",
                 "created": created,
                 "model": served_id,
-                "choices": [{"index": 0, "message": message, "finish_reason": _finish(done.result.finish_reason), "logprobs": None}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": _finish(done.result.finish_reason),
+                        "logprobs": None,
+                    }
+                ],
                 "usage": _usage(done.result),
                 "system_fingerprint": None,
             },
@@ -255,13 +281,23 @@ async def chat_completions(request: Request):
                         yield line
                     yield chunk({}, finish=_finish(event.result.finish_reason))
                     if req.include_usage:
-                        yield sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": served_id,
-                                   "choices": [], "usage": _usage(event.result)})
+                        yield sse(
+                            {
+                                "id": cid,
+                                "object": "chat.completion.chunk",
+                                "created": created,
+                                "model": served_id,
+                                "choices": [],
+                                "usage": _usage(event.result),
+                            }
+                        )
             yield "data: [DONE]\n\n"
         finally:
             job.cancel()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+    )
 
 
 @router.post("/v1/completions")
@@ -270,10 +306,12 @@ async def text_completions(request: Request):
     req = await parse(request, CompletionRequest)
     route = await route_for(state, req.model)
     prompt = req.text
+    # The chat-template count is an upper bound of the raw prompt's tokens: a safe check.
     prompt_tokens = await run_in_threadpool(route.model.count_tokens, prompt)
     max_tokens = max_tokens_for(state, req.requested_max_tokens, prompt_tokens, route.info.context_length)
     sampling = req.sampling(state.sampling, max_tokens=max_tokens)
-    job = submit(state, lambda: route.model.stream(prompt, **sampling.kwargs()))
+    # raw=True: a completion continues the text as given, without the chat template.
+    job = submit(state, lambda: route.model.stream(prompt, raw=True, **sampling.kwargs()))
     cid, created, served_id = "cmpl-" + uuid.uuid4().hex[:24], int(time.time()), _served_id(req.model, route)
     headers = _notice_headers(route)
 
@@ -307,6 +345,6 @@ async def text_completions(request: Request):
         finally:
             job.cancel()
 
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
-
-
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers}
+    )

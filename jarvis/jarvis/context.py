@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 
 class ContextOverflowError(ValueError):
@@ -20,8 +20,7 @@ class Fitted:
         if not self.dropped:
             return None
         return (
-            f"context: left out the {self.dropped} oldest message(s) to fit {model}'s "
-            f"{window}-token window"
+            f"context: left out the {self.dropped} oldest message(s) to fit {model}'s {window}-token window"
         )
 
 

@@ -14,7 +14,10 @@ def _count(messages):  # one token per word plus two per message, like a templat
 def _conversation(turns):
     out = [{"role": "system", "content": "be brief"}]
     for i in range(turns):
-        out += [{"role": "user", "content": f"question {i} " * 3}, {"role": "assistant", "content": f"answer {i} " * 5}]
+        out += [
+            {"role": "user", "content": f"question {i} " * 3},
+            {"role": "assistant", "content": f"answer {i} " * 5},
+        ]
     return out + [{"role": "user", "content": "last question"}]
 
 

@@ -29,11 +29,11 @@ class Turn:
     notice: str | None  # the context-trimming notice, if any
 
 
-def system_prompt_for(conv: Conversation, route: Route) -> str | None:
-    """The conversation's own prompt; by default Jarvis's, except that a reasoning model
-    keeps its template's instructions (Prime adds them when no system prompt is given)."""
-    if conv.system_prompt is not None:
-        return conv.system_prompt or None
+def system_prompt_for(custom: str | None, route: Route) -> str | None:
+    """A conversation's own prompt ("" for none); by default Jarvis's, except that a
+    reasoning model keeps its template's instructions (Prime adds them when none is given)."""
+    if custom is not None:
+        return custom or None
     return None if route.kind == "reasoning" else DEFAULT_SYSTEM_PROMPT
 
 
@@ -48,7 +48,7 @@ def prepare_turn(
 ) -> Turn:
     """Fits history + the new message into the window (ContextOverflowError when even the
     new message alone does not fit), then saves the user message."""
-    system = system_prompt_for(conv, route)
+    system = system_prompt_for(conv.system_prompt, route)
     history = [m.as_chat() for m in memory.messages(conv.id) if m.role in ("user", "assistant")]
     wanted = ([{"role": "system", "content": system}] if system else []) + history
     wanted.append({"role": "user", "content": user_text})
@@ -69,7 +69,9 @@ def splitter_for(route: Route) -> ThinkingSplitter:
     return ThinkingSplitter(convention=convention_for(route.info.template))
 
 
-def save_answer(memory: Memory, turn: Turn, route: Route, sampling: Sampling, answer: str, thinking: str, result) -> Message:
+def save_answer(
+    memory: Memory, turn: Turn, route: Route, sampling: Sampling, answer: str, thinking: str, result
+) -> Message:
     """Stores the answer with its model, settings and speed (a stopped answer keeps its text)."""
     return memory.add_message(
         turn.conversation_id,
@@ -86,3 +88,21 @@ def save_answer(memory: Memory, turn: Turn, route: Route, sampling: Sampling, an
         time_to_first_token=result.time_to_first_token if result else None,
         tokens_per_second=result.tokens_per_second if result else None,
     )
+
+
+def warm_up(route: Route, sampling: Sampling) -> None:
+    """Compiles the model's first steps for a typical first turn (Prime compiles per prompt
+    and cache size bucket), so that the first real answer does not wait for it."""
+    system = system_prompt_for(None, route)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {
+            "role": "user",
+            "content": "Hello! Could you tell me, in a few words, what you can help me with today?",
+        }
+    ]
+    stream = route.model.chat_stream(messages, **sampling.kwargs())
+    try:
+        for _ in range(2):  # the prefill, then one decode step
+            next(stream, None)
+    finally:
+        stream.close()

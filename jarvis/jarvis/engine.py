@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from jarvis_prime import GenerationResult, TextStream
 
@@ -131,7 +132,9 @@ class Engine:
     def __exit__(self, *exc):
         self.close()
 
-    def submit(self, start: Callable[[], TextStream], *, loop: asyncio.AbstractEventLoop | None = None) -> Job:
+    def submit(
+        self, start: Callable[[], TextStream], *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Job:
         """Queues a generation. `start` runs on the worker thread and returns the TextStream."""
         job = Job(start, loop)
         with self._cond:
@@ -201,12 +204,10 @@ class Engine:
             job.finished = True
             job._push(Done(stream.result, queued_seconds=job.started - job.submitted))
             return False
-        except Exception as e:  # a failing request must not take the worker down
+        except Exception as e:  # noqa: BLE001  (a failing request must not take the worker down)
             job.finished = True
             if job.stream is not None:
-                try:
+                with contextlib.suppress(Exception):
                     job.stream.close()
-                except Exception:
-                    pass
             job._push(Failed(e))
             return False

@@ -8,10 +8,10 @@ import sys
 import threading
 
 import pytest
+from jarvis_prime import PrimeModel
 
 from jarvis.engine import Done, Engine, EngineBusy, EngineConfig, Failed, Piece
 from jarvis.tiny_llama import make_tiny_llama
-from jarvis_prime import PrimeModel
 
 GREEDY = {"temperature": 0.0, "repetition_penalty": 1.0}
 
@@ -93,7 +93,9 @@ def test_a_failing_request_does_not_stop_the_worker(model):
 
     with Engine() as engine:
         bad = engine.submit(broken)
-        good = engine.submit(lambda: model.stream("x", max_tokens=10000, **GREEDY))  # Prime caps it to the window
+        good = engine.submit(
+            lambda: model.stream("x", max_tokens=10000, **GREEDY)
+        )  # Prime caps it to the window
         event = list(bad.events(timeout=60))[-1]
         assert isinstance(event, Failed) and "boom" in str(event.error)
         good.cancel()

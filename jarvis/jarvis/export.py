@@ -39,7 +39,11 @@ def export(memory: Memory, config: ExportConfig) -> int:
     """Writes the JSONL file atomically; returns the number of lines."""
     if os.path.exists(config.output) and not config.overwrite:
         raise ValueError(f"Cannot write {config.output}: it exists. Delete it, or pass --overwrite")
-    rows = messages_rows(memory, rated_only=config.rated_only) if config.format == "messages" else preference_rows(memory)
+    rows = (
+        messages_rows(memory, rated_only=config.rated_only)
+        if config.format == "messages"
+        else preference_rows(memory)
+    )
     directory = os.path.dirname(os.path.abspath(config.output))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".jarvis-export-", suffix=".jsonl")
@@ -66,7 +70,9 @@ def messages_rows(memory: Memory, *, rated_only: bool = False) -> list[dict]:
             out.append({"role": "system", "content": system})
         for i, m in enumerate(messages):
             if m.role == "user":
-                reply = messages[i + 1] if i + 1 < len(messages) and messages[i + 1].role == "assistant" else None
+                reply = (
+                    messages[i + 1] if i + 1 < len(messages) and messages[i + 1].role == "assistant" else None
+                )
                 text = _trainable_answer(reply) if reply else None
                 if text is None:
                     break  # no usable answer: the conversation ends before this question

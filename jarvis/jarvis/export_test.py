@@ -12,7 +12,9 @@ SYSTEM = "You are Jarvis."
 
 
 def _answer(memory, conv, user, text, **kw):
-    return memory.add_message(conv.id, "assistant", text, reply_to=user.id, system_prompt=SYSTEM, finish_reason="stop", **kw)
+    return memory.add_message(
+        conv.id, "assistant", text, reply_to=user.id, system_prompt=SYSTEM, finish_reason="stop", **kw
+    )
 
 
 @pytest.fixture
@@ -48,7 +50,9 @@ def memory(tmp_path):
 
 
 def _valid_messages(messages):  # Reactor's rules (reactor_core.data.schema)
-    assert messages and all(m["role"] in ("system", "user", "assistant") and m["content"].strip() for m in messages)
+    assert messages and all(
+        m["role"] in ("system", "user", "assistant") and m["content"].strip() for m in messages
+    )
     assert all(m["role"] != "system" for m in messages[1:])
 
 
@@ -80,13 +84,17 @@ def test_preference_format(memory):
         ("Say hi", "Hi!", "Goodbye."),
     }
     france = next(r for r in rows if r["rejected"] == "Berlin.")
-    assert france["prompt"] == [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Capital of France?"}]
+    assert france["prompt"] == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Capital of France?"},
+    ]
 
 
 def test_export_writes_jsonl_and_refuses_to_overwrite(memory, tmp_path):
     out = str(tmp_path / "prefs.jsonl")
     assert export(memory, ExportConfig(format="preference", output=out)) == 3
-    lines = [json.loads(line) for line in open(out)]
+    with open(out) as f:
+        lines = [json.loads(line) for line in f]
     assert len(lines) == 3
     with pytest.raises(ValueError, match="exists"):
         export(memory, ExportConfig(format="preference", output=out))

@@ -113,7 +113,9 @@ class BodyLimitMiddleware:
                     if not message.get("more_body", False):
                         break
         except TimeoutError:
-            return await _send_error(send, 408, f"The request body did not arrive within {self.timeout:g} s", "timeout")
+            return await _send_error(
+                send, 408, f"The request body did not arrive within {self.timeout:g} s", "timeout"
+            )
         body = b"".join(chunks)
         replayed = False
 

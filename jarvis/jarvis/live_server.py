@@ -12,8 +12,14 @@ from jarvis.server import Background, ServerConfig, build_state
 
 
 @contextlib.contextmanager
-def running(home: str, model: str, *, config: ServerConfig | None = None, engine: EngineConfig | None = None,
-            sampling: Sampling | None = None):
+def running(
+    home: str,
+    model: str,
+    *,
+    config: ServerConfig | None = None,
+    engine: EngineConfig | None = None,
+    sampling: Sampling | None = None,
+):
     """Yields the Background server (`.url`, `.state`); stops it and its engine afterwards."""
     config = config or ServerConfig()
     config = dataclasses.replace(config, port=0) if config.port == 8000 else config

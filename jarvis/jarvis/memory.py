@@ -251,7 +251,7 @@ class Memory:
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}, got {role!r}")
         if not isinstance(content, str):
-            raise ValueError(f"content must be a string, got {type(content).__name__}")
+            raise TypeError(f"content must be a string, got {type(content).__name__}")
         bad = set(fields) - _OPTIONAL_FIELDS
         if bad:
             raise ValueError(f"add_message: unknown fields {sorted(bad)}")
@@ -270,7 +270,9 @@ class Memory:
                 (conversation_id, role, content, now, *fields.values()),
             )
             if role == "user" and not conv["title"]:
-                db.execute("UPDATE conversations SET title = ? WHERE id = ?", (_title(content), conversation_id))
+                db.execute(
+                    "UPDATE conversations SET title = ? WHERE id = ?", (_title(content), conversation_id)
+                )
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (now, conversation_id))
             mid = cur.lastrowid
         return self.message(mid)
@@ -284,7 +286,9 @@ class Memory:
     def messages(self, conversation_id: str, *, include_inactive: bool = False) -> list[Message]:
         """The conversation in order; superseded answers (retried) only when asked for."""
         where = " WHERE m.conversation_id = ?" + ("" if include_inactive else " AND m.active = 1")
-        return [_message(r) for r in self._query(_MESSAGE_SELECT + where + " ORDER BY m.id", (conversation_id,))]
+        return [
+            _message(r) for r in self._query(_MESSAGE_SELECT + where + " ORDER BY m.id", (conversation_id,))
+        ]
 
     def supersede(self, message_id: int) -> None:
         """Takes an answer out of the conversation (a retry replaces it); it stays for export."""
@@ -300,7 +304,9 @@ class Memory:
             if row is None:
                 raise NotFoundError(f"No message {message_id}")
             if row["role"] != "assistant":
-                raise ValueError(f"Only answers can be rated; message {message_id} is a {row['role']} message")
+                raise ValueError(
+                    f"Only answers can be rated; message {message_id} is a {row['role']} message"
+                )
             db.execute(
                 "INSERT INTO feedback (message_id, rating, correction, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, "
@@ -312,8 +318,7 @@ class Memory:
     def rated_answers(self) -> list[Message]:
         """Every rated assistant message, oldest first (superseded ones included)."""
         return [
-            _message(r)
-            for r in self._query(_MESSAGE_SELECT + " WHERE f.rating IS NOT NULL ORDER BY m.id")
+            _message(r) for r in self._query(_MESSAGE_SELECT + " WHERE f.rating IS NOT NULL ORDER BY m.id")
         ]
 
     def check(self) -> list[str]:

@@ -101,7 +101,9 @@ def test_sigkill_mid_answer(tmp_path):
                     assert memory.message(m.reply_to).role == "user"
             for conv in memory.conversations(limit=1000):
                 if conv.title.startswith("bulk"):
-                    assert conv.message_count in (0, 500), f"half a transaction survived: {conv.message_count} rows"
+                    assert conv.message_count in (0, 500), (
+                        f"half a transaction survived: {conv.message_count} rows"
+                    )
 
 
 if __name__ == "__main__":

@@ -25,11 +25,21 @@ def test_wal_and_durable_settings(memory):
 
 def test_conversation_round_trip(memory):
     sampling = Sampling(temperature=0.2, seed=7)
-    conv = memory.create_conversation(model="prime-135m-chat-v1", system_prompt="be brief", sampling=sampling.to_json())
+    conv = memory.create_conversation(
+        model="prime-135m-chat-v1", system_prompt="be brief", sampling=sampling.to_json()
+    )
     user = memory.add_message(conv.id, "user", "What is   the capital\nof France?")
     answer = memory.add_message(
-        conv.id, "assistant", "Paris.", reply_to=user.id, model="prime-135m-chat-v1", sampling=sampling.to_json(),
-        prompt_tokens=20, generated_tokens=3, finish_reason="stop", reasoning="easy",
+        conv.id,
+        "assistant",
+        "Paris.",
+        reply_to=user.id,
+        model="prime-135m-chat-v1",
+        sampling=sampling.to_json(),
+        prompt_tokens=20,
+        generated_tokens=3,
+        finish_reason="stop",
+        reasoning="easy",
     )
     again = memory.conversation(conv.id[:6])
     assert again.title == "What is the capital of France?"

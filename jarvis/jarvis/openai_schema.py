@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +36,7 @@ class ImagePart(_Strict):
     image_url: ImageUrl
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class ChatMessage(_Strict):
@@ -87,7 +87,9 @@ class _SamplingFields(_Strict):
                     code="unsupported_parameter",
                 )
         if self.logit_bias:
-            raise ApiError(400, "logit_bias is not supported", param="logit_bias", code="unsupported_parameter")
+            raise ApiError(
+                400, "logit_bias is not supported", param="logit_bias", code="unsupported_parameter"
+            )
         if self.logprobs:
             raise ApiError(400, "logprobs are not supported", param="logprobs", code="unsupported_parameter")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -95,7 +97,10 @@ class _SamplingFields(_Strict):
             raise ApiError(400, "stop takes at most 4 non-empty strings", param="stop", code="invalid_value")
         if self.stream_options is not None and not self.stream:
             raise ApiError(
-                400, "stream_options is only allowed when stream is true", param="stream_options", code="invalid_value"
+                400,
+                "stream_options is only allowed when stream is true",
+                param="stream_options",
+                code="invalid_value",
             )
 
     def sampling(self, base: Sampling, *, max_tokens: int) -> Sampling:
@@ -161,15 +166,21 @@ class ChatCompletionRequest(_SamplingFields):
                     else:
                         if role != "user":
                             raise ApiError(
-                                400, "Images are only allowed in user messages", param=f"messages.{i}.content.{j}"
+                                400,
+                                "Images are only allowed in user messages",
+                                param=f"messages.{i}.content.{j}",
                             )
-                        images.append(decode_image(part.image_url.url, param=f"messages.{i}.content.{j}.image_url.url"))
+                        images.append(
+                            decode_image(part.image_url.url, param=f"messages.{i}.content.{j}.image_url.url")
+                        )
                 text = "\n".join(texts)
             if role == "system" and i != 0:
                 raise ApiError(400, "A system message may only come first", param=f"messages.{i}.role")
             out.append({"role": role, "content": text})
         if out[-1]["role"] != "user":
-            raise ApiError(400, "The last message must come from the user", param="messages", code="invalid_value")
+            raise ApiError(
+                400, "The last message must come from the user", param="messages", code="invalid_value"
+            )
         return out, images
 
 
@@ -203,9 +214,14 @@ def decode_image(url: str, *, param: str) -> bytes:
     """A `data:image/...;base64,` URL's bytes (the server has no network to fetch others)."""
     if not url.startswith("data:image/") or ";base64," not in url:
         raise ApiError(
-            400, "Images must be sent inline as data:image/...;base64,... URLs", param=param, code="invalid_image_url"
+            400,
+            "Images must be sent inline as data:image/...;base64,... URLs",
+            param=param,
+            code="invalid_image_url",
         )
     try:
         return base64.b64decode(url.split(";base64,", 1)[1], validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ApiError(400, f"The image is not valid base64: {e}", param=param, code="invalid_image_url") from e
+        raise ApiError(
+            400, f"The image is not valid base64: {e}", param=param, code="invalid_image_url"
+        ) from e

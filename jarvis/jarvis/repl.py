@@ -7,10 +7,14 @@ Run it:  bazel run //jarvis:assistant                      (the REPL)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import sys
+import threading
+
+from jarvis_prime import PrimeError
 
 import jarvis
 from jarvis import context, conversation
@@ -19,8 +23,6 @@ from jarvis.memory import Memory, Message, NotFoundError
 from jarvis.paths import user_path
 from jarvis.router import Route, Router, kind_of, short_status
 from jarvis.sampling import Sampling
-
-from jarvis_prime import PrimeError
 
 HELP = """Commands:
   /help               this list
@@ -114,12 +116,15 @@ class Session:
         self.last_result = None
         self.totals = {"answers": 0, "tokens": 0, "seconds": 0.0}
         self._noticed: set[str] = set()  # a fallback notice is shown once per session
+        self._warming: threading.Thread | None = None
 
     # ---- model and conversation ----
 
     def route(self) -> Route:
         route = self.router.route(
-            kind="reasoning" if self.reasoning else "chat", has_image=self.image is not None, default=self.model_name
+            kind="reasoning" if self.reasoning else "chat",
+            has_image=self.image is not None,
+            default=self.model_name,
         )
         for n in route.notices:
             if n not in self._noticed or self.image is not None:
@@ -143,7 +148,9 @@ class Session:
         self.model_name = conv.model
         self.system_prompt = conv.system_prompt
         self.reasoning = conv.reasoning
-        self.sampling = Sampling.from_json(conv.sampling) if conv.sampling not in (None, "{}") else self.sampling
+        self.sampling = (
+            Sampling.from_json(conv.sampling) if conv.sampling not in (None, "{}") else self.sampling
+        )
         messages = self.memory.messages(conv.id)
         answers = [m for m in messages if m.role == "assistant"]
         self.last_answer = answers[-1] if answers else None
@@ -159,8 +166,22 @@ class Session:
 
     # ---- answering ----
 
+    def warm_up(self) -> None:
+        """Compiles the model in the background while the user types the first message."""
+
+        def work():
+            # Any problem shows on the first real answer, with its message.
+            with contextlib.suppress(Exception):
+                conversation.warm_up(self.route(), self.sampling)
+
+        self._warming = threading.Thread(target=work, name="jarvis-warm-up", daemon=True)
+        self._warming.start()
+
     def ask(self, text: str) -> Message | None:
         """Answers `text` in the current conversation, streaming; None when nothing was said."""
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
         try:
             route = self.route()
         except PrimeError as e:
@@ -170,7 +191,9 @@ class Session:
         attachments = (self.image,) if self.image else ()
         self.image = None
         try:
-            turn = conversation.prepare_turn(self.memory, conv, route, text, self.sampling, attachments=attachments)
+            turn = conversation.prepare_turn(
+                self.memory, conv, route, text, self.sampling, attachments=attachments
+            )
         except ContextOverflowError as e:
             self.console.error(str(e))
             return None
@@ -190,12 +213,15 @@ class Session:
         route = self.route()
         self.memory.supersede(old.id)
         history = [m for m in self.memory.messages(self.conv.id) if m.id < user.id]
-        system = conversation.system_prompt_for(self.conv, route)
+        system = conversation.system_prompt_for(self.conv.system_prompt, route)
         wanted = ([{"role": "system", "content": system}] if system else []) + [m.as_chat() for m in history]
         wanted.append(user.as_chat())
         try:
             fitted = context.fit(
-                wanted, route.model.count_tokens, window=route.info.context_length, reserve=self.sampling.max_tokens
+                wanted,
+                route.model.count_tokens,
+                window=route.info.context_length,
+                reserve=self.sampling.max_tokens,
             )
         except ContextOverflowError as e:
             self.console.error(str(e))
@@ -259,7 +285,9 @@ class Session:
             self.totals["answers"] += 1
             self.totals["tokens"] += result.generated_tokens
             if result.tokens_per_second:
-                self.totals["seconds"] += result.time_to_first_token + (result.generated_tokens - 1) / result.tokens_per_second
+                self.totals["seconds"] += (
+                    result.time_to_first_token + (result.generated_tokens - 1) / result.tokens_per_second
+                )
             if self.show_stats:
                 self.console.info(_stats_line(result))
         return message
@@ -327,7 +355,9 @@ class Session:
 
     def _cmd_system(self, arg):
         if not arg:
-            shown = self.system_prompt if self.system_prompt is not None else conversation.DEFAULT_SYSTEM_PROMPT
+            shown = (
+                self.system_prompt if self.system_prompt is not None else conversation.DEFAULT_SYSTEM_PROMPT
+            )
             self.console.info(f"System prompt: {shown}")
             return
         self.system_prompt = None if arg == "default" else arg
@@ -386,7 +416,9 @@ class Session:
             self.console.info("last answer  " + _stats_line(self.last_result).strip("[]"))
         t = self.totals
         rate = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
-        self.console.info(f"this session {t['answers']} answers, {t['tokens']} tokens, {rate:.1f} tokens/s overall")
+        self.console.info(
+            f"this session {t['answers']} answers, {t['tokens']} tokens, {rate:.1f} tokens/s overall"
+        )
         if self.conv is not None:
             count = len(self.memory.messages(self.conv.id))
             self.console.info(f"conversation {self.conv.id} ({count} messages)")
@@ -412,7 +444,7 @@ def _stats_line(result) -> str:
 def run(session: Session) -> int:
     """The interactive loop, until /exit or end of input."""
     try:
-        import readline  # noqa: F401  (line editing and history for input())
+        import readline
 
         history = os.path.join(os.path.dirname(session.memory.path), "repl_history")
         try:
@@ -431,6 +463,7 @@ def run(session: Session) -> int:
     except PrimeError as e:
         console.error(str(e))
         return 1
+    session.warm_up()
     try:
         while True:
             try:

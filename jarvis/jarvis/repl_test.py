@@ -16,9 +16,15 @@ from jarvis.memory import Memory
 TIMEOUT = 600  # loading and compiling the model on a busy 2-core machine
 
 
-def _env(home):
+def _env(home, prime_home):
     env = dict(os.environ)
-    env.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), JARVIS_HOME=home, NO_COLOR="1", TERM="dumb")
+    env.update(
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+        JARVIS_HOME=home,
+        PRIME_HOME=prime_home,  # Prime's store of converted weights, writable inside a test sandbox
+        NO_COLOR="1",
+        TERM="dumb",
+    )
     return env
 
 
@@ -27,7 +33,7 @@ def test_repl_session(tmp_path):
     child = pexpect.spawn(
         sys.executable,
         ["-m", "jarvis.cli", "--max-tokens", "24", "--temperature", "0"],
-        env=_env(home),
+        env=_env(home, str(tmp_path / "prime")),
         encoding="utf-8",
         timeout=TIMEOUT,
         dimensions=(40, 200),

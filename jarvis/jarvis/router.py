@@ -211,4 +211,6 @@ class Router:
     def _missing(self, kind: str, fallback: str) -> str:
         of_kind = [i for i in self.catalogue() if kind_of(i) == kind]
         why = "; ".join(f"{i.name}: {short_status(i)}" for i in of_kind) or "none in the catalogue"
-        return f"No {kind} model is installed ({why}); {os.path.basename(fallback.rstrip('/'))} answers instead"
+        return (
+            f"No {kind} model is installed ({why}); {os.path.basename(fallback.rstrip('/'))} answers instead"
+        )

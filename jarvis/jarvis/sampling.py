@@ -33,7 +33,11 @@ class Sampling:
             "in (0, 10]",
         )
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings")
-        _check(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)), "seed", "an integer")
+        _check(
+            self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+            "seed",
+            "an integer",
+        )
 
     def replace(self, **changes) -> Sampling:
         return dataclasses.replace(self, **changes)

@@ -9,7 +9,16 @@ from jarvis.sampling import Sampling
 
 def test_kwargs_match_prime():
     kw = Sampling(stop=["\n\n"], seed=3).kwargs()
-    assert set(kw) == {"max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "stop", "seed"}
+    assert set(kw) == {
+        "max_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+        "stop",
+        "seed",
+    }
     assert kw["stop"] == ["\n\n"] and Sampling().kwargs()["stop"] is None
 
 
@@ -20,7 +29,8 @@ def test_json_round_trip_and_old_rows():
 
 
 @pytest.mark.parametrize(
-    "field,value", [("max_tokens", 0), ("temperature", 3.0), ("top_p", 0.0), ("top_k", -1), ("seed", True), ("stop", [""])]
+    "field,value",
+    [("max_tokens", 0), ("temperature", 3.0), ("top_p", 0.0), ("top_k", -1), ("seed", True), ("stop", [""])],
 )
 def test_invalid_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"Sampling.{field}"):

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import threading
 import time
+from typing import Self
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -25,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import jarvis
-from jarvis import completions, guards, web_api
+from jarvis import completions, conversation, guards, web_api
 from jarvis.api_errors import ApiError, error_body, from_validation
 from jarvis.engine import Engine, EngineConfig
 from jarvis.memory import Memory
@@ -72,7 +73,8 @@ def create_app(state: State) -> FastAPI:
     app.state.jarvis = state
     app.include_router(completions.router)
     app.include_router(web_api.router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # follow_symlink: under Bazel the files are runfiles symlinks (requests still cannot leave the folder).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, follow_symlink=True), name="static")
 
     @app.get("/", include_in_schema=False)
     def index():
@@ -101,15 +103,23 @@ def create_app(state: State) -> FastAPI:
         message = {404: f"No route {request.method} {request.url.path}", 405: "Method not allowed"}.get(
             exc.status_code, str(exc.detail)
         )
-        return JSONResponse(error_body(exc.status_code, message), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            error_body(exc.status_code, message), status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         return JSONResponse(error_body(500, f"Internal error: {type(exc).__name__}: {exc}"), status_code=500)
 
     # Outermost first: the key is checked before a byte of the body is read.
-    app.add_middleware(guards.BodyLimitMiddleware, max_bytes=state.config.max_request_bytes, timeout=state.config.body_timeout)
-    app.add_middleware(guards.ApiKeyMiddleware, api_key=state.config.api_key, public_paths=("/", "/favicon.ico"))
+    app.add_middleware(
+        guards.BodyLimitMiddleware,
+        max_bytes=state.config.max_request_bytes,
+        timeout=state.config.body_timeout,
+    )
+    app.add_middleware(
+        guards.ApiKeyMiddleware, api_key=state.config.api_key, public_paths=("/", "/favicon.ico")
+    )
     return app
 
 
@@ -122,29 +132,39 @@ def build_state(
     home: str | None = None,
 ) -> State:
     router = Router(router_config or RouterConfig())
+    sampling = sampling or Sampling()
     if config.warmup:
-        model, _ = router.load(router.chat_model_name())
-        model.generate("Hello", max_tokens=2)
+        conversation.warm_up(router.route(), sampling)
     return State(
         config=config,
         router=router,
         engine=Engine(engine_config or EngineConfig()),
         memory=Memory.open(home),
-        sampling=sampling or Sampling(),
+        sampling=sampling,
     )
 
 
 def _uvicorn(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
     return uvicorn.Server(
-        uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=5, access_log=False)
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            timeout_keep_alive=5,
+            access_log=False,
+        )
     )
 
 
 def serve(state: State) -> None:
     """Serves until Ctrl-C, then stops the engine and closes the memory."""
     server = _uvicorn(create_app(state), state.config)
-    print(f"Jarvis {jarvis.__version__} serving http://{_url_host(state.config.host)}:{state.config.port}/ "
-          f"(model {state.router.chat_model_name()}; Ctrl-C stops)", flush=True)
+    print(
+        f"Jarvis {jarvis.__version__} serving http://{_url_host(state.config.host)}:{state.config.port}/ "
+        f"(model {state.router.chat_model_name()}; Ctrl-C stops)",
+        flush=True,
+    )
     try:
         server.run()
     finally:
@@ -160,12 +180,14 @@ class Background:
         self._server = _uvicorn(create_app(state), state.config)
         self._thread = threading.Thread(target=self._server.run, name="jarvis-uvicorn", daemon=True)
 
-    def __enter__(self) -> Background:
+    def __enter__(self) -> Self:
         self._thread.start()
         deadline = time.time() + 30
         while not self._server.started:
             if not self._thread.is_alive() or time.time() > deadline:
-                raise RuntimeError(f"the server did not start on {self.state.config.host}:{self.state.config.port}")
+                raise RuntimeError(
+                    f"the server did not start on {self.state.config.host}:{self.state.config.port}"
+                )
             time.sleep(0.02)
         return self
 

@@ -53,14 +53,27 @@ def _error(response, status, code):
 
 @pytest.mark.parametrize(
     "method,path,body",
-    [("POST", "/v1/chat/completions", CHAT), ("GET", "/v1/models", None), ("GET", "/health", None),
-     ("GET", "/api/conversations", None), ("POST", "/v1/completions", {"prompt": "x"})],
+    [
+        ("POST", "/v1/chat/completions", CHAT),
+        ("GET", "/v1/models", None),
+        ("GET", "/health", None),
+        ("GET", "/api/conversations", None),
+        ("POST", "/v1/completions", {"prompt": "x"}),
+    ],
 )
 def test_every_request_needs_the_key(server, method, path, body):
     url = server.url + path
     _error(httpx.request(method, url, json=body), 401, "missing_api_key")
-    _error(httpx.request(method, url, json=body, headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
-    _error(httpx.request(method, url, json=body, headers={"Authorization": f"Basic {KEY}"}), 401, "missing_api_key")
+    _error(
+        httpx.request(method, url, json=body, headers={"Authorization": "Bearer wrong"}),
+        401,
+        "invalid_api_key",
+    )
+    _error(
+        httpx.request(method, url, json=body, headers={"Authorization": f"Basic {KEY}"}),
+        401,
+        "missing_api_key",
+    )
     ok = httpx.request(method, url, json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
     assert ok.status_code == 200, ok.text
 

@@ -23,7 +23,9 @@ PNG = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" *
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     config = ServerConfig(max_request_bytes=LIMIT, max_tokens_limit=256, body_timeout=1.0)
-    with running(str(tmp_path_factory.mktemp("home")), make_tiny_llama(context_length=256), config=config) as s:
+    with running(
+        str(tmp_path_factory.mktemp("home")), make_tiny_llama(context_length=256), config=config
+    ) as s:
         yield s
 
 
@@ -31,7 +33,9 @@ def _check(response, status, code=None, param=None):
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"] and error["type"] == ("authentication_error" if status == 401 else "invalid_request_error")
+    assert error["message"] and error["type"] == (
+        "authentication_error" if status == 401 else "invalid_request_error"
+    )
     if code is not None:
         assert error["code"] == code, error
     if param is not None:
@@ -67,17 +71,60 @@ CASES = [
     ({"model": "gpt-4o", "messages": USER}, 404, "model_not_found", "model"),
     ({"model": "prime-7b-vision-v1", "messages": USER}, 400, "model_not_available", "model"),
     ({"model": "auto", "messages": USER, "max_tokens": 100000}, 400, "invalid_value", "max_tokens"),
-    ({"model": "auto", "messages": [{"role": "user", "content": "word " * 400}]}, 400, "context_length_exceeded", None),
-    ({"model": "auto", "messages": USER, "response_format": {"type": "json_object"}}, 400, "unsupported_parameter", "response_format"),
+    (
+        {"model": "auto", "messages": [{"role": "user", "content": "word " * 400}]},
+        400,
+        "context_length_exceeded",
+        None,
+    ),
+    (
+        {"model": "auto", "messages": USER, "response_format": {"type": "json_object"}},
+        400,
+        "unsupported_parameter",
+        "response_format",
+    ),
     ({"model": "auto", "messages": USER, "response_format": {"type": "yaml"}}, 400, None, None),
     ({"model": "auto", "messages": USER, "n": 2}, 400, "unsupported_parameter", "n"),
-    ({"model": "auto", "messages": USER, "tools": [{"type": "function"}]}, 400, "unsupported_parameter", "tools"),
+    (
+        {"model": "auto", "messages": USER, "tools": [{"type": "function"}]},
+        400,
+        "unsupported_parameter",
+        "tools",
+    ),
     ({"model": "auto", "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, 400, None, "stop"),
-    ({"model": "auto", "messages": USER, "stream_options": {"include_usage": True}}, 400, None, "stream_options"),
+    (
+        {"model": "auto", "messages": USER, "stream_options": {"include_usage": True}},
+        400,
+        None,
+        "stream_options",
+    ),
     ({"model": "auto", "messages": [{"role": "assistant", "content": "hi"}]}, 400, None, "messages"),
-    ({"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}]}, 400, "model_not_available", None),
-    ({"model": "auto", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "invalid_image_url", None),
-    ({"model": "auto", "messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]}, 400, None, None),
+    (
+        {
+            "model": "auto",
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}]}],
+        },
+        400,
+        "model_not_available",
+        None,
+    ),
+    (
+        {
+            "model": "auto",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+            ],
+        },
+        400,
+        "invalid_image_url",
+        None,
+    ),
+    (
+        {"model": "auto", "messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]},
+        400,
+        None,
+        None,
+    ),
 ]
 
 
@@ -107,14 +154,21 @@ def test_oversized_requests(server):
         for _ in range(LIMIT // 1024 + 2):
             yield b" " * 1024
 
-    r = httpx.post(server.url + "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     _check(r, 413, "request_too_large")
 
 
 def test_stalled_body_times_out(server):
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"mo")
+        s.sendall(
+            b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"mo'
+        )
         start = time.time()
         reply = s.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 408") and time.time() - start < 10

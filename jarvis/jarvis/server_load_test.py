@@ -10,10 +10,10 @@ import sys
 
 import httpx
 import pytest
+from jarvis_prime import PrimeModel
 
 from jarvis.live_server import running
 from jarvis.tiny_llama import make_tiny_llama
-from jarvis_prime import PrimeModel
 
 CLIENTS, REQUESTS, MAX_TOKENS = 16, 3, 12
 
@@ -23,8 +23,14 @@ def _prompt(client, i):
 
 
 async def _stream(http, url, messages):
-    body = {"model": "auto", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "model": "auto",
+        "messages": messages,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
         assert r.status_code == 200, await r.aread()
         lines = [line async for line in r.aiter_lines() if line]
@@ -69,7 +75,9 @@ def test_sixteen_concurrent_streaming_clients(tmp_path):
     assert not errors, errors[:3]
     for k, texts in enumerate(results):
         for i, text in enumerate(texts):
-            expected = direct.chat(_prompt(k, i), max_tokens=MAX_TOKENS, temperature=0.0, repetition_penalty=1.0).text
+            expected = direct.chat(
+                _prompt(k, i), max_tokens=MAX_TOKENS, temperature=0.0, repetition_penalty=1.0
+            ).text
             assert text == expected, f"client {k} request {i}"
     assert peak >= CLIENTS // 2, f"streams were not served concurrently (peak {peak} active)"
 

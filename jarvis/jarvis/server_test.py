@@ -16,20 +16,23 @@ import pytest
 from jarvis.engine import EngineConfig
 from jarvis.live_server import running
 from jarvis.tiny_llama import make_tiny_llama
-from jarvis_prime import PrimeModel
 
 MODEL_ID = os.path.basename(make_tiny_llama())  # a configured model directory is served by folder name
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running(str(tmp_path_factory.mktemp("home")), make_tiny_llama(), engine=EngineConfig(max_active=4)) as s:
+    with running(
+        str(tmp_path_factory.mktemp("home")), make_tiny_llama(), engine=EngineConfig(max_active=4)
+    ) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=120)
+    return openai.OpenAI(
+        base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=120
+    )
 
 
 def test_models_and_health(server, client):
@@ -42,7 +45,9 @@ def test_models_and_health(server, client):
 def test_chat_completion_matches_prime(server, client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
     response = client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=8, temperature=0)
-    direct = server.state.router.load(make_tiny_llama())[0].chat(messages, max_tokens=8, temperature=0.0, repetition_penalty=1.0)
+    direct = server.state.router.load(make_tiny_llama())[0].chat(
+        messages, max_tokens=8, temperature=0.0, repetition_penalty=1.0
+    )
     choice = response.choices[0]
     assert response.object == "chat.completion" and response.model == MODEL_ID
     assert choice.message.role == "assistant" and choice.message.content == direct.text
@@ -53,9 +58,16 @@ def test_chat_completion_matches_prime(server, client):
 
 
 def test_chat_streaming_with_usage(client):
-    kwargs = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Count to five."}], max_tokens=10, temperature=0)
+    kwargs = {
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "Count to five."}],
+        "max_tokens": 10,
+        "temperature": 0,
+    }
     whole = client.chat.completions.create(**kwargs).choices[0].message.content
-    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole
@@ -77,16 +89,21 @@ def test_stream_ends_with_done(server):
 
 
 def test_text_completions(client):
-    response = client.completions.create(model=MODEL_ID, prompt="Once upon a time", max_tokens=6, temperature=0)
+    response = client.completions.create(
+        model=MODEL_ID, prompt="Once upon a time", max_tokens=6, temperature=0
+    )
     assert response.object == "text_completion" and response.usage.completion_tokens >= 1
     streamed = "".join(
-        c.choices[0].text for c in client.completions.create(model=MODEL_ID, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True)
+        c.choices[0].text
+        for c in client.completions.create(
+            model=MODEL_ID, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
+        )
     )
     assert streamed == response.choices[0].text
 
 
 def test_stop_and_seed(client):
-    base = dict(model=MODEL_ID, messages=[{"role": "user", "content": "Say something."}], max_tokens=12)
+    base = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 12}
     a = client.chat.completions.create(**base, temperature=1.0, seed=5).choices[0].message.content
     b = client.chat.completions.create(**base, temperature=1.0, seed=5).choices[0].message.content
     assert a == b
@@ -98,7 +115,12 @@ def test_stop_and_seed(client):
 
 
 def test_disconnect_mid_stream_frees_the_slot(server):
-    body = {"model": "auto", "messages": [{"role": "user", "content": "go on forever"}], "max_tokens": 1500, "stream": True}
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "go on forever"}],
+        "max_tokens": 1500,
+        "stream": True,
+    }
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
         lines = r.iter_lines()
         for _ in range(4):
@@ -116,18 +138,29 @@ def test_web_page_and_conversation_api(server):
     assert httpx.get(server.url + "/static/app.js").status_code == 200
     conv = httpx.post(server.url + "/api/conversations", json={}).json()
     events = []
-    with httpx.stream("POST", f"{server.url}/api/conversations/{conv['id']}/messages", json={"content": "Hello!", "max_tokens": 6}, timeout=120) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.url}/api/conversations/{conv['id']}/messages",
+        json={"content": "Hello!", "max_tokens": 6},
+        timeout=120,
+    ) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 events.append(json.loads(line[6:]))
     assert events[0]["object"] == "jarvis.turn" and events[-1]["object"] == "jarvis.saved"
-    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e.get("object") == "chat.completion.chunk")
+    text = "".join(
+        e["choices"][0]["delta"].get("content", "")
+        for e in events
+        if e.get("object") == "chat.completion.chunk"
+    )
     stored = httpx.get(f"{server.url}/api/conversations/{conv['id']}").json()
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
     assert stored["messages"][1]["content"] == text and stored["title"] == "Hello!"
     saved_id = events[-1]["message_id"]
-    rated = httpx.post(f"{server.url}/api/messages/{saved_id}/feedback", json={"rating": -1, "correction": "Hi!"})
+    rated = httpx.post(
+        f"{server.url}/api/messages/{saved_id}/feedback", json={"rating": -1, "correction": "Hi!"}
+    )
     assert rated.status_code == 200 and rated.json()["rating"] == -1
     listed = httpx.get(server.url + "/api/conversations").json()["data"]
     assert conv["id"] in [c["id"] for c in listed]

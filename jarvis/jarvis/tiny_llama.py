@@ -13,7 +13,6 @@ import os
 import tempfile
 
 
-
 def make_tiny_llama(path: str | None = None, *, context_length: int = 2048, seed: int = 0) -> str:
     """Writes (once; later calls reuse it) the tiny model directory and returns its path."""
     path = path or os.path.join(tempfile.gettempdir(), f"jarvis-tiny-llama-v2-{context_length}-{seed}")

@@ -101,7 +101,10 @@ async def create_conversation(request: Request):
 def get_conversation(conversation_id: str, request: Request):
     state = request.app.state.jarvis
     conv = _conversation(state, conversation_id)
-    return {**dataclasses.asdict(conv), "messages": [_message_json(m) for m in state.memory.messages(conv.id)]}
+    return {
+        **dataclasses.asdict(conv),
+        "messages": [_message_json(m) for m in state.memory.messages(conv.id)],
+    }
 
 
 @router.delete("/conversations/{conversation_id}")
@@ -133,10 +136,16 @@ async def send_message(conversation_id: str, request: Request):
     req = await _parse(request, NewMessage)
     conv = _conversation(state, conversation_id)
     route = await route_for(state, conv.model or "auto", kind="reasoning" if conv.reasoning else None)
-    sampling = state.sampling.replace(**({"temperature": req.temperature} if req.temperature is not None else {}))
-    sampling = sampling.replace(max_tokens=max_tokens_for(state, req.max_tokens, 0, route.info.context_length))
+    sampling = state.sampling.replace(
+        **({"temperature": req.temperature} if req.temperature is not None else {})
+    )
+    sampling = sampling.replace(
+        max_tokens=max_tokens_for(state, req.max_tokens, 0, route.info.context_length)
+    )
     try:
-        turn = await run_in_threadpool(conversation.prepare_turn, state.memory, conv, route, req.content, sampling)
+        turn = await run_in_threadpool(
+            conversation.prepare_turn, state.memory, conv, route, req.content, sampling
+        )
     except ContextOverflowError as e:
         raise ApiError(400, str(e), param="content", code="context_length_exceeded") from None
     job = submit(state, lambda: route.model.chat_stream(turn.messages, **sampling.kwargs()))
@@ -175,7 +184,14 @@ async def send_message(conversation_id: str, request: Request):
 
         try:
             notices = [n for n in (*route.notices, turn.notice) if n]
-            yield sse({"object": "jarvis.turn", "user_message_id": turn.user_message.id, "model": route.name, "notices": notices})
+            yield sse(
+                {
+                    "object": "jarvis.turn",
+                    "user_message_id": turn.user_message.id,
+                    "model": route.name,
+                    "notices": notices,
+                }
+            )
             async for event in job:
                 if isinstance(event, Piece):
                     for line in emit(splitter.feed(event.text)):

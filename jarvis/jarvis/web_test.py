@@ -23,7 +23,9 @@ SNAPSHOT = """JSON.stringify([...document.querySelectorAll('.message.assistant')
 def chromium():
     binary = find_chromium()
     if binary is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium); filter with --test_tag_filters=-requires-chromium")
+        pytest.skip(
+            "Chromium is not installed (apt-get install chromium); filter with --test_tag_filters=-requires-chromium"
+        )
     with tempfile.TemporaryDirectory() as profile:
         browser = Chromium(binary, profile)
         try:
@@ -32,7 +34,8 @@ def chromium():
             browser.close()
 
 
-def test_type_a_question_and_see_the_streamed_answer(chromium, tmp_path):
+def test_type_a_question_and_see_the_streamed_answer(chromium, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIME_HOME", str(tmp_path / "prime"))  # Prime's store, writable in a test sandbox
     sampling = Sampling(max_tokens=32, temperature=0.0)
     with running(str(tmp_path / "home"), "prime-135m-chat-v1", sampling=sampling) as server:
         page = chromium.open_page(server.url + "/")
@@ -54,14 +57,18 @@ def test_type_a_question_and_see_the_streamed_answer(chromium, tmp_path):
         final = snapshots[-1]
         assert final["text"].strip(), "the answer is empty"
         assert page.eval("document.getElementById('notices').querySelectorAll('.error').length") == 0
-        partial = [s for s in snapshots if s["state"] == "streaming" and 0 < len(s["text"]) < len(final["text"])]
+        partial = [
+            s for s in snapshots if s["state"] == "streaming" and 0 < len(s["text"]) < len(final["text"])
+        ]
         assert final["chunks"] > 1 and partial, "the answer did not arrive in pieces"
         assert page.eval("document.querySelector('.message.user .text').textContent") == QUESTION
 
         (conv,) = server.state.memory.conversations()
         user, answer = server.state.memory.messages(conv.id)
         assert user.content == QUESTION and answer.content == final["text"]
-        page.wait_for(f"[...document.querySelectorAll('#conversations li')].some(li => li.dataset.id === '{conv.id}')")
+        page.wait_for(
+            f"[...document.querySelectorAll('#conversations li')].some(li => li.dataset.id === '{conv.id}')"
+        )
 
         # A new chat clears the page; the list brings the stored conversation back.
         page.eval("document.getElementById('new-chat').click()")

@@ -40,9 +40,28 @@ def perplexity(model, texts: list[str], *, max_tokens: int = 256) -> float:
         ids = model.tokenizer.encode(text, add_special_tokens=True)[:max_tokens]
         if len(ids) < 2:
             continue
-        logprobs = model.engine.token_logprobs(ids)
+        logprobs, _ = model.engine.score(ids)
         total -= float(logprobs.sum())
         count += len(logprobs)
     if count == 0:
         raise ValueError("perplexity needs at least one text of two or more tokens")
     return math.exp(total / count)
+
+
+def greedy_agreement(reference, model, prompts: list[str], *, max_tokens: int = 32) -> float:
+    """Share of tokens where `model`'s greedy choice equals `reference`'s, teacher-forced.
+
+    `reference` generates greedily from each prompt; `model` then predicts every position
+    of that same continuation in one forward pass, so one early disagreement does not
+    derail the rest of the comparison.
+    """
+    same = total = 0
+    for prompt in prompts:
+        ids = model.encode_prompt(prompt)
+        result = reference.generate(prompt, max_tokens=max_tokens)
+        continuation = list(result.token_ids)
+        _, predicted = model.engine.score(ids + continuation)
+        predicted = predicted[len(ids) - 1 :]
+        same += int(sum(int(p) == t for p, t in zip(predicted, continuation)))
+        total += len(continuation)
+    return same / total

@@ -134,6 +134,12 @@ class PrimeModel:
     def chat_stream(self, messages, **sampling) -> TextStream:
         return self._stream(self.encode_chat(messages), sampling)
 
+    def stream_ids(self, prompt_ids: list[int], **sampling) -> TextStream:
+        """Streams from already tokenized input (benchmarks, callers with their own template)."""
+        if not prompt_ids or not all(isinstance(i, int) and 0 <= i < len(self.tokenizer) for i in prompt_ids):
+            raise PrimeError(f"prompt_ids must be a non-empty list of token ids below {len(self.tokenizer)}")
+        return self._stream(list(prompt_ids), sampling)
+
     def generate(self, prompt: str, *, raw: bool = False, **sampling) -> GenerationResult:
         return _drain(self.stream(prompt, raw=raw, **sampling))
 

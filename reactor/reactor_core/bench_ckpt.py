@@ -22,7 +22,11 @@ import sys
 import tempfile
 import time
 
-STRATEGY_MESHES = {"dp": "data:8,fsdp:1,tensor:1", "fsdp": "data:1,fsdp:8,tensor:1", "fsdp_tp": "data:1,fsdp:4,tensor:2"}
+STRATEGY_MESHES = {
+    "dp": "data:8,fsdp:1,tensor:1",
+    "fsdp": "data:1,fsdp:8,tensor:1",
+    "fsdp_tp": "data:1,fsdp:4,tensor:2",
+}
 
 
 # ---- 1. checkpoints ----
@@ -119,7 +123,8 @@ def checkpoint_table(fraction: float, gcs_fraction: float) -> str:
     jax.clear_caches()
 
     lines = [
-        "| target | layers | state GB | sync save GB/s | async: loop blocked s | sync save s | blocked / sync | async total s | restore GB/s |",
+        "| target | layers | state GB | sync save GB/s | async: loop blocked s | sync save s | blocked / sync "
+        "| async total s | restore GB/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, layers, r in rows:
@@ -161,8 +166,8 @@ def train_table(steps: int, batch: int, seq: int) -> str:
     lines = ["| run | tokens/s | ms/step |", "|---|---:|---:|"]
     for name, devices, strategy in cases:
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"--devices={devices}",
-               f"--strategy={strategy or ''}", f"--train_steps={steps}", f"--batch={batch}", f"--seq={seq}"]  # fmt: skip
+        cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"--devices={devices}"]
+        cmd += [f"--strategy={strategy or ''}", f"--train_steps={steps}", f"--batch={batch}", f"--seq={seq}"]
         env["PYTHONPATH"] = os.pathsep.join(sys.path)
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])

@@ -8,6 +8,16 @@ Safe for every part of the monorepo: standard library only, nothing touches the 
 import time, and off GCP `detect()` makes no network call at all (the DMI product name is
 checked first; GCE_METADATA_HOST forces a metadata probe, which is how tests fake a VM).
 Every metadata request has a short timeout, so even a broken network answers within ~1 s.
+
+Profiles (`profile(env)`):
+| machine                      | training | defaults                                              |
+|------------------------------|----------|-------------------------------------------------------|
+| Apple Silicon (M1 16 GB)     | off      | MLX, 4-bit (8-bit from 24 GB), inference only         |
+| GCP VM, CPU, >= 30 GB        | on       | LoRA/QLoRA/DPO/full, fsdp over host devices, resume   |
+| GCP VM, CPU, smaller         | on       | LoRA/QLoRA/DPO, 8-bit base, resume                    |
+| GPU / TPU (GCP or not)       | on       | all methods, fsdp; resume on GCP                      |
+| plain CPU box                | on       | small models, dp, no auto-resume                      |
+Spot VMs checkpoint more often than on-demand ones (they get ~30 s notice).
 """
 
 from __future__ import annotations
@@ -142,7 +152,8 @@ def _cuda_gpus() -> tuple[Accelerator, ...]:
     return ()
 
 
-def _tpu_chips() -> int:
+def tpu_chip_count() -> int:
+    """Cloud TPU chips visible as /dev/accel*."""
     try:
         return len([d for d in os.listdir("/dev") if re.fullmatch(r"accel\d+", d)])
     except OSError:
@@ -179,7 +190,7 @@ def detect(*, metadata_timeout: float = 0.3) -> Environment:
 
     gcp = _gcp_instance(metadata_timeout) if on_gce() else None
     accelerators = list(_cuda_gpus())
-    tpu_chips = _tpu_chips()
+    tpu_chips = tpu_chip_count()
     if tpu_chips or (gcp and gcp.accelerator_type):
         name = gcp.accelerator_type if gcp and gcp.accelerator_type else "TPU"
         accelerators.append(Accelerator("tpu", name, tpu_chips or 1))
@@ -219,7 +230,7 @@ class Profile:
 
 
 def profile(env: Environment) -> Profile:
-    """Picks defaults from the environment (see the table in the module docstring of env_cli)."""
+    """Picks defaults from the environment (the table in this module's docstring)."""
     mem = env.memory_gb
     if env.kind == "apple_silicon":
         return Profile(
@@ -275,7 +286,7 @@ def profile(env: Environment) -> Profile:
     return Profile(
         name="cpu",
         training_allowed=True,
-        reason=f"CPU only ({mem:.0f} GB): small models (SmolLM2-135M) and LoRA",
+        reason=f"CPU only ({mem:.0f} GB): small models (SmolLM2-135M size)",
         backend="jax",
         quantization="8bit" if small else None,
         methods=("lora", "qlora", "dpo") if small else ("lora", "qlora", "dpo", "full"),
@@ -303,7 +314,8 @@ def report(env: Environment, prof: Profile) -> str:
             f"{'SPOT' if g.spot else 'on-demand'}, project {g.project}"
         )
     lines.append(f"profile     {prof.name}: {prof.reason}")
-    lines.append(f"training    {'allowed' if prof.training_allowed else 'off'}; methods {', '.join(prof.methods) or '-'}")
+    allowed = "allowed" if prof.training_allowed else "off"
+    lines.append(f"training    {allowed}; methods {', '.join(prof.methods) or '-'}")
     lines.append(
         f"defaults    backend={prof.backend} quantization={prof.quantization} mesh={prof.mesh} "
         f"sharding={prof.sharding} auto_resume={prof.auto_resume} micro_batch_size={prof.micro_batch_size} "

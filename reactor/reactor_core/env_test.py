@@ -21,7 +21,8 @@ def off_gcp(monkeypatch, tmp_path):
 
 
 def test_import_is_cheap_and_offline():
-    code = "import sys, reactor_core.env; print(sorted(m for m in ('jax','optax','orbax','google.cloud.storage') if m in sys.modules))"
+    heavy = "('jax', 'optax', 'orbax', 'google.cloud.storage')"
+    code = f"import sys, reactor_core.env; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env())
     assert out.stdout.strip() == "[]"
 
@@ -86,7 +87,8 @@ def _env_of(kind, mem_gb, accelerators=(), gcp=None, system="Linux", machine="x8
 
 
 def test_profiles_table():
-    mac = env_lib.profile(_env_of("apple_silicon", 16, [env_lib.Accelerator("metal", "Apple M1", 1)], system="Darwin", machine="arm64"))
+    m1 = [env_lib.Accelerator("metal", "Apple M1", 1)]
+    mac = env_lib.profile(_env_of("apple_silicon", 16, m1, system="Darwin", machine="arm64"))
     assert not mac.training_allowed and "inference-only" in mac.reason
     assert (mac.backend, mac.quantization) == ("mlx", "4bit")
     cuda = env_lib.profile(_env_of("cuda", 64, [env_lib.Accelerator("cuda", "NVIDIA L4", 2, 24 * GB)]))

@@ -103,8 +103,8 @@ class JaxBackend:
             steps.close()
 
 
-    def token_logprobs(self, ids: list[int]):
-        """log p(ids[t+1] | ids[:t+1]) for every t, from one forward pass: (T-1,) float32."""
+    def score(self, ids: list[int]):
+        """One forward pass over `ids`: (log p(ids[t+1] | ids[:t+1]), argmax prediction) per t, each (T-1,)."""
         import jax.numpy as jnp
         import numpy as np
         from reactor_core.generation.generate import bucket
@@ -112,8 +112,8 @@ class JaxBackend:
         n = bucket(len(ids))
         tokens = np.zeros((1, n), np.int32)
         tokens[0, : len(ids)] = ids  # right padding: causal attention never looks ahead
-        logprobs = np.asarray(_score(self.generator.graphdef, self.generator.state, jnp.asarray(tokens)))
-        return logprobs[0, : len(ids) - 1]
+        logprobs, argmax = _score(self.generator.graphdef, self.generator.state, jnp.asarray(tokens))
+        return np.asarray(logprobs)[0, : len(ids) - 1], np.asarray(argmax)[0, : len(ids) - 1]
 
 
 _SCORE = None
@@ -129,7 +129,8 @@ def _score(graphdef, state, tokens):
             model = nnx.merge(graphdef, state)
             logits = model(tokens)  # (1, T, V)
             logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # (1, T-1, V)
-            return jax.numpy.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # (1, T-1)
+            picked = jax.numpy.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # (1, T-1)
+            return picked, jax.numpy.argmax(logp, axis=-1)
 
         _SCORE = jax.jit(score, static_argnums=0)
     return _SCORE(graphdef, state, tokens)

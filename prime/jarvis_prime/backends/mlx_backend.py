@@ -129,8 +129,8 @@ class MLXBackend:
         finally:
             steps.close()
 
-    def token_logprobs(self, ids: list[int]):
-        """log p(ids[t+1] | ids[:t+1]) for every t, from one forward pass: (T-1,) float32."""
+    def score(self, ids: list[int]):
+        """One forward pass over `ids`: (log p(ids[t+1] | ids[:t+1]), argmax prediction) per t, each (T-1,)."""
         import numpy as np
 
         mx = _mlx()
@@ -139,7 +139,7 @@ class MLXBackend:
             logits = self.model(tokens[:, :-1]).astype(mx.float32)  # (1, T-1, V)
             logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
             picked = mx.take_along_axis(logp, tokens[:, 1:, None].astype(mx.int32), axis=-1)[0, :, 0]
-            return np.array(picked)
+            return np.array(picked), np.array(mx.argmax(logp[0], axis=-1))
 
 
 def _sampler(mx, s: Sampling):

@@ -170,7 +170,9 @@ class CheckpointManager:
             cleanup_tmp_directories=True,
             create=True,
         )
-        self._mngr = ocp.CheckpointManager(self.local_dir, options=options, item_names=(STATE, EXTRA))
+        # Handlers named up front so Orbax can also read items it was not asked to restore.
+        handlers = {STATE: ocp.StandardCheckpointHandler(), EXTRA: ocp.JsonCheckpointHandler()}
+        self._mngr = ocp.CheckpointManager(self.local_dir, options=options, item_handlers=handlers)
         if self._mirror is not None:
             self._uploader = gcs.Uploader(self._mirror, keep=self._local_steps)
             self._heal_bucket()

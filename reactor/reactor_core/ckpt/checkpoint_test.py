@@ -25,7 +25,12 @@ HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash_during_
 def _state(seed=0):
     params = {"w": jax.random.normal(jax.random.key(seed), (16, 8)), "b": jnp.zeros((8,))}
     tx = optax.adamw(1e-3)
-    return {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(seed, jnp.int32), "rng": jax.random.key(seed + 1)}
+    return {
+        "params": params,
+        "opt_state": tx.init(params),
+        "step": jnp.asarray(seed, jnp.int32),
+        "rng": jax.random.key(seed + 1),
+    }
 
 
 def _assert_same(a, b):

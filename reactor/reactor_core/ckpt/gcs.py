@@ -120,26 +120,49 @@ class CheckpointMirror:
 
     # ---- writing ----
 
+    def _side_dir(self, kind: str, step: int) -> str:
+        # Beside the Orbax root, not in it: Orbax must never see these.
+        parent, name = os.path.split(self.local_root)
+        return os.path.join(parent, f".{name}.{kind}-{step}")
+
+    def _snapshot(self, step: int) -> str:
+        """Hard links to the step's files, so Orbax's keep-N may delete the step mid-upload."""
+        src = os.path.join(self.local_root, str(step))
+        snap = self._side_dir("upload", step)
+        shutil.rmtree(snap, ignore_errors=True)
+        try:
+            shutil.copytree(src, snap, copy_function=os.link)
+        except OSError:  # no hard links here (another filesystem): upload in place
+            shutil.rmtree(snap, ignore_errors=True)
+            return src
+        return snap
+
     def upload_step(self, step: int) -> float:
         """Uploads local_root/<step>/ then its marker; returns bytes/s."""
-        src = os.path.join(self.local_root, str(step))
-        files = _local_files(src)
-        if not files:
-            raise FileNotFoundError(f"Nothing to upload: {src} is empty or missing")
-        sizes = {rel: os.path.getsize(os.path.join(src, rel)) for rel in files}
-        start = time.monotonic()
-        bucket = self.bucket
+        if not os.path.isdir(os.path.join(self.local_root, str(step))):
+            raise FileNotFoundError(f"Nothing to upload: {self.local_root}/{step} is missing")
+        src = self._snapshot(step)
+        try:
+            files = _local_files(src)
+            sizes = {rel: os.path.getsize(os.path.join(src, rel)) for rel in files}
+            start = time.monotonic()
+            bucket = self.bucket
 
-        def put(rel):
-            bucket.blob(self.url.key(step, rel)).upload_from_filename(os.path.join(src, rel))
+            def put(rel):
+                bucket.blob(self.url.key(step, rel)).upload_from_filename(os.path.join(src, rel))
 
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            list(pool.map(put, files))
-        marker = {"step": step, "files": sizes, "uploaded_at": time.time()}
-        # Last, and only after every file above succeeded: this makes the step complete.
-        bucket.blob(self.url.key(step, MARKER)).upload_from_string(json.dumps(marker), content_type="application/json")
+            with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+                list(pool.map(put, files))
+            marker = {"step": step, "files": sizes, "uploaded_at": time.time()}
+            # Last, and only after every file above succeeded: this makes the step complete.
+            data = json.dumps(marker)
+            bucket.blob(self.url.key(step, MARKER)).upload_from_string(data, content_type="application/json")
+        finally:
+            if src != os.path.join(self.local_root, str(step)):
+                shutil.rmtree(src, ignore_errors=True)
         elapsed = max(time.monotonic() - start, 1e-9)
-        log.info("Uploaded step %d (%d files, %.1f MB) to %s in %.1fs", step, len(files), sum(sizes.values()) / 1e6, self.url, elapsed)
+        mb = sum(sizes.values()) / 1e6
+        log.info("Uploaded step %d (%d files, %.1f MB) to %s in %.1fs", step, len(files), mb, self.url, elapsed)
         return sum(sizes.values()) / elapsed
 
     def delete_step(self, step: int) -> None:
@@ -172,7 +195,7 @@ class CheckpointMirror:
         final = os.path.join(self.local_root, str(step))
         if os.path.isdir(final):
             return final
-        incoming = os.path.join(os.path.dirname(self.local_root), f".{os.path.basename(self.local_root)}.incoming-{step}")
+        incoming = self._side_dir("incoming", step)
         shutil.rmtree(incoming, ignore_errors=True)
         bucket = self.bucket
 
@@ -227,6 +250,8 @@ class Uploader:
                     self.throughput.append(self.mirror.upload_step(step))
                     self.uploaded.append(step)
                     self.mirror.prune(self._keep() | {step})
+            except FileNotFoundError as e:  # keep-N removed it first: a newer step follows
+                log.warning("Skipping upload: %s", e)
             except BaseException as e:  # surfaced by drain()
                 log.exception("Upload to %s failed", self.mirror.url)
                 self._error = e

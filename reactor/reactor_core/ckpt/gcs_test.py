@@ -85,7 +85,8 @@ def test_killed_uploader_leaves_no_complete_step(server, tmp_path):
     url = "gs://ckpt/runs/c"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     n_small, n_big = 1024, 32 * 2**20  # step 2: 128 MB, about a second of uploading to kill into
-    subprocess.run([sys.executable, HELPER, url, str(tmp_path / "vm1"), "1", str(n_small)], env=env, check=True, timeout=300)
+    first = [sys.executable, HELPER, url, str(tmp_path / "vm1"), "1", str(n_small)]
+    subprocess.run(first, env=env, check=True, timeout=300)
     proc = subprocess.Popen([sys.executable, HELPER, url, str(tmp_path / "vm1"), "2", str(n_big)], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -105,6 +106,17 @@ def test_killed_uploader_leaves_no_complete_step(server, tmp_path):
         assert manager.latest_step() == 1
         state, extra = manager.restore({"w": jnp.zeros(n_small)})
         assert extra == {"next": 1} and float(state["w"][0]) == 1.0
+
+
+def test_keep_one_with_back_to_back_saves(server, tmp_path):
+    # Orbax deletes step N locally as soon as N+1 is committed, possibly mid-upload of N.
+    url = "gs://ckpt/runs/e"
+    with CheckpointManager(url, keep=1, config=CONFIG, staging_dir=tmp_path / "vm1") as manager:
+        for step in range(1, 5):
+            manager.save(step, _state(step, n=1 << 20), {})
+        manager.wait()
+    assert gcs.CheckpointMirror(url, str(tmp_path)).complete_steps() == [4]
+    assert sorted(os.listdir(tmp_path)) == ["vm1"]  # no upload snapshots left behind
 
 
 def test_restarted_vm_reuploads_a_step_whose_upload_died(server, tmp_path):

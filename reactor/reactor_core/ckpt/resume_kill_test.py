@@ -113,7 +113,8 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
     for step, values in got.items():
         assert set(values) == set(ref[step]), (step, values, ref[step])  # re-run steps too: bitwise
     assert sum(len(v) for v in got.values()) > STEPS  # some steps really were recomputed
-    for a, b in zip(_params(tmp_path / "reference" / "final.npz"), _params(tmp_path / "killed" / "final.npz"), strict=True):
+    ref_params, got_params = _params(tmp_path / "reference" / "final.npz"), _params(tmp_path / "killed" / "final.npz")
+    for a, b in zip(ref_params, got_params, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

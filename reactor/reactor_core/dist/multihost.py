@@ -13,22 +13,25 @@ Where the settings come from, first match wins:
   4. otherwise: one process, nothing to initialize.
 
 Running on N GCP VMs (GPU or CPU):
-  1. Create the VMs in one VPC/zone (e.g. `bazel run //reactor:gcp -- launch --num_hosts=N ...`
-     or `gcloud compute instances create reactor-{0..N-1} ...`). Open the coordinator port
-     inside the network: `gcloud compute firewall-rules create reactor-jax
-     --network=default --allow=tcp:8476 --source-tags=reactor --target-tags=reactor`.
+  1. Create the VMs in one VPC and zone, tagged `reactor` (e.g. `gcloud compute instances
+     create reactor-0 reactor-1 ... --tags=reactor`, or `bazel run //reactor:gcp -- launch
+     --dry-run` for a request body to reuse). Open the coordinator port inside the network:
+     `gcloud compute firewall-rules create reactor-jax --network=default --allow=tcp:8476
+     --source-tags=reactor --target-tags=reactor`. Mount one shared directory (a Filestore
+     NFS share) at the same path on every VM, e.g. /mnt/shared.
   2. Pick host 0's internal IP as coordinator (`gcloud compute instances describe reactor-0
      --format='get(networkInterfaces[0].networkIP)'`).
   3. On every host i, with the same code, data and flags:
          REACTOR_COORDINATOR_ADDRESS=10.128.0.2:8476 REACTOR_NUM_PROCESSES=N \
          REACTOR_PROCESS_ID=i bazel run //reactor:train -- --mesh=data:1,fsdp:-1,tensor:1 \
-         --checkpoint_dir=gs://BUCKET/run ...
+         --checkpoint_dir=/mnt/shared/run1 ...
      Host 0 listens on the port; the others connect (initialization waits up to
      `initialization_timeout_s` for everyone).
-  4. Checkpoints must go to storage every host sees (gs://...); each host feeds the same
-     global batch order (the data iterator is deterministic), see sharding.shard_batch.
-  5. Preemption of any host stops all of them at the same step (preemption.should_stop);
-     the launcher re-creates the VMs and every host resumes from the bucket.
+  4. Every host feeds the same global batch order (the data iterator is deterministic; see
+     sharding.shard_batch). Checkpoints go to the shared directory: Orbax writes each host's
+     shards there and commits once all are in (gs:// mirroring is single-host for now).
+  5. Preemption of any host stops all of them after the same step (preemption.should_stop),
+     they save, and on restart every host resumes from the newest complete checkpoint.
 On a TPU VM slice, skip 2-3's variables: `gcloud compute tpus tpu-vm ssh NAME --worker=all
 --command="bazel run //reactor:train -- ..."` and JAX discovers the slice itself.
 """
@@ -80,7 +83,9 @@ class DistributedConfig:
                 f"DistributedConfig.process_id must be in [0, {self.num_processes}), got {self.process_id}"
             )
         if self.initialization_timeout_s <= 0:
-            raise ValueError(f"DistributedConfig.initialization_timeout_s must be > 0, got {self.initialization_timeout_s}")
+            raise ValueError(
+                f"DistributedConfig.initialization_timeout_s must be > 0, got {self.initialization_timeout_s}"
+            )
         if self.cpu_collectives not in ("gloo", "mpi"):
             raise ValueError(f"DistributedConfig.cpu_collectives must be 'gloo' or 'mpi', got {self.cpu_collectives!r}")
 
@@ -113,7 +118,8 @@ class DistributedConfig:
 
 def on_tpu_vm() -> bool:
     """A Cloud TPU VM (chips under /dev/accel*, or the TPU runtime's environment)."""
-    return bool(env_lib._tpu_chips() or os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_ACCELERATOR_TYPE"))
+    tpu_env = os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_ACCELERATOR_TYPE")
+    return bool(env_lib.tpu_chip_count() or tpu_env)
 
 
 def initialize(config: DistributedConfig | None = None) -> int:

@@ -46,7 +46,8 @@ def main() -> int:
     run = ShardedRun.create(config, mesh=mesh, strategy="fsdp")
     watcher = PreemptionWatcher(signals=(), poll_metadata=False)
     losses, stopped_at = [], None
-    for step, batch in enumerate(synthetic_batches(steps=args.steps, batch_size=8, seq_len=16, vocab=config.vocab_size)):
+    batches = synthetic_batches(steps=args.steps, batch_size=8, seq_len=16, vocab=config.vocab_size)
+    for step, batch in enumerate(batches):
         losses.append(float(run.step(batch)))
         if step == args.notice_at and jax.process_index() == 1:
             watcher.trigger("test notice on process 1")

@@ -74,6 +74,10 @@ def logical_to_spec(names, rules, *, shape=None, mesh=None) -> P:
     """
     if not names:
         return P()
+    if shape is not None and len(shape) != len(names):
+        # e.g. a quantized kernel stored packed: its names describe the unpacked weight.
+        log.warning("Replicating an array of shape %s: its logical axes %s do not match", shape, names)
+        return P()
     spec = list(nn.logical_to_mesh_axes(tuple(names), rules))
     if shape is not None and mesh is not None:
         for i, axes in enumerate(spec):
@@ -149,34 +153,43 @@ def opt_state_shardings(opt_state, params, param_sh, mesh):
     return jax.tree.map_with_path(one, opt_state)
 
 
-def batch_sharding(mesh, ndim: int = 2) -> NamedSharding:
-    """Leading (batch) axis split over data x fsdp; the rest (length...) unsplit."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh, ndim: int = 2, batch_axis: int = 0) -> NamedSharding:
+    """The batch axis split over data x fsdp, the others (length, micro-batch...) unsplit."""
+    spec = [None] * ndim
+    spec[batch_axis] = BATCH_AXES
+    return NamedSharding(mesh, P(*spec))
 
 
-def shard_batch(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """Global numpy batch -> global jax Arrays split over data x fsdp.
+def shard_batch(batch: Mapping[str, Any], mesh, *, batch_axis: int = 0) -> dict[str, Any]:
+    """Global numpy batch (nested dicts allowed) -> global jax Arrays split over data x fsdp.
 
+    batch_axis: 1 for gradient-accumulation batches shaped (A, B, T).
     Works with several processes: each one only materializes the slices of its own devices,
     so every process must hold the same global batch (deterministic loader, same seed).
     """
-    out = {}
-    for name, value in batch.items():
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+    def one(path, value):
         value = np.asarray(value)
-        sharding = batch_sharding(mesh, value.ndim)
-        ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
-        if value.shape[0] % ways:
-            raise ValueError(f"Batch {name!r}: size {value.shape[0]} is not divisible by data x fsdp = {ways}")
-        out[name] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
-    return out
+        if value.shape[batch_axis] % ways:
+            raise ValueError(
+                f"Batch {jax.tree_util.keystr(path)}: size {value.shape[batch_axis]} is not divisible by "
+                f"data x fsdp = {ways}"
+            )
+        sharding = batch_sharding(mesh, value.ndim, batch_axis)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map_with_path(one, dict(batch))
 
 
-def shard_local_batch(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+def shard_local_batch(batch: Mapping[str, Any], mesh, *, batch_axis: int = 0) -> dict[str, Any]:
     """This process's slice of the batch (what a per-host loader yields) -> global Arrays."""
-    return {
-        name: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
-        for name, v in batch.items()
-    }
+
+    def one(value):
+        value = np.asarray(value)
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim, batch_axis), value)
+
+    return jax.tree.map(one, dict(batch))
 
 
 @contextlib.contextmanager

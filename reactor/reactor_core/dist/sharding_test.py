@@ -75,6 +75,9 @@ def test_batch_sharding_splits_over_data_and_fsdp():
     assert batch["tokens"].addressable_shards[0].data.shape == (2, 5)
     with pytest.raises(ValueError, match="not divisible by data x fsdp = 4"):
         sharding_lib.shard_batch({"tokens": np.zeros((6, 4), np.int32)}, mesh)
+    # Gradient accumulation: (A, B, T) batches split along B.
+    accum = sharding_lib.shard_batch({"chosen": {"ids": np.zeros((3, 8, 4), np.int32)}}, mesh, batch_axis=1)
+    assert accum["chosen"]["ids"].sharding.spec == P(None, ("data", "fsdp"), None)
 
 
 def test_indivisible_dims_stay_replicated():

@@ -110,7 +110,8 @@ if gcloud storage ls {done} >/dev/null 2>&1 || gcloud storage ls {failed} >/dev/
   echo "reactor: run already finished"; shutdown -h now; exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q && apt-get install -y -q bazel-bootstrap git python3 python3-venv python3-dev build-essential libgtest-dev
+apt-get update -q
+apt-get install -y -q bazel-bootstrap git python3 python3-venv python3-dev build-essential libgtest-dev
 mkdir -p "$HOME_DIR"
 {fetch}
 cd "$HOME_DIR" || exit 1
@@ -153,15 +154,22 @@ def instance_request(cfg: LaunchConfig) -> dict:
                 },
             }
         ],
-        "networkInterfaces": [{"network": cfg.network, "accessConfigs": [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]}],
-        "serviceAccounts": [{"email": cfg.service_account, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}],
+        "networkInterfaces": [
+            {"network": cfg.network, "accessConfigs": [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]}
+        ],
+        "serviceAccounts": [
+            {"email": cfg.service_account, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}
+        ],
         "metadata": {"items": [{"key": "startup-script", "value": startup_script(cfg)}]},
         "labels": {"app": "reactor", "run": re.sub(r"[^a-z0-9_-]", "-", cfg.name)},
         "tags": {"items": ["reactor"]},
     }
     if cfg.accelerator_type:
         body["guestAccelerators"] = [
-            {"acceleratorType": f"{zone}/acceleratorTypes/{cfg.accelerator_type}", "acceleratorCount": cfg.accelerator_count}
+            {
+                "acceleratorType": f"{zone}/acceleratorTypes/{cfg.accelerator_type}",
+                "acceleratorCount": cfg.accelerator_count,
+            }
         ]
     return body
 

@@ -1,7 +1,6 @@
 """The spot-VM launcher: dry-run request, the startup script's outcomes, the re-create loop."""
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -74,7 +73,7 @@ def _fake_bin(tmp_path, train_exit: int):
         "gcloud": f'echo "gcloud $*" >> {calls}; if [ "$2" = ls ]; then exit 1; fi; '
         f'if [ "$2" = cp ]; then cat > {tmp_path}/marker-$(basename "$4"); fi',
         "apt-get": f'echo "apt-get $*" >> {calls}',
-        "git": f'echo "git $*" >> {calls}; mkdir -p "$6"',
+        "git": f'echo "git $*" >> {calls}; mkdir -p "${{@: -1}}"',  # clone's last arg: the target
         "bazel": f'echo "bazel $*" >> {calls}; exit {train_exit}',
         "shutdown": f'echo "shutdown $*" >> {calls}',
     }
@@ -89,8 +88,9 @@ def _fake_bin(tmp_path, train_exit: int):
 def test_startup_script_outcomes(tmp_path, train_exit, marker):
     cfg = launcher.LaunchConfig(model="m", data="gs://b/d", checkpoint_dir="gs://b/runs/x", project="p")
     bin_dir, calls = _fake_bin(tmp_path, train_exit)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REACTOR_HOME": str(tmp_path / "src"), "REACTOR_LOG": str(tmp_path / "log")}
-    subprocess.run(["bash", "-c", launcher.startup_script(cfg)], env=env, check=True, timeout=60)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REACTOR_HOME": str(tmp_path / "src")}
+    env["REACTOR_LOG"] = str(tmp_path / "log")
+    subprocess.run(["bash", "-c", launcher.startup_script(cfg)], env=env, check=True, timeout=60, cwd=tmp_path)
     log = calls.read_text()
     assert "bazel run //reactor:train -- --model=m --data=gs://b/d --checkpoint_dir=gs://b/runs/x" in log
     markers = sorted(p.name for p in tmp_path.glob("marker-*"))
@@ -118,7 +118,9 @@ class FakeCompute:
 
 
 def test_watch_recreates_after_preemption_until_done():
-    cfg = launcher.LaunchConfig(model="m", data="gs://ckpt/d", checkpoint_dir="gs://ckpt/runs/w", project="p", name="w1")
+    cfg = launcher.LaunchConfig(
+        model="m", data="gs://ckpt/d", checkpoint_dir="gs://ckpt/runs/w", project="p", name="w1"
+    )
     api = FakeCompute()
     ticks = []
 

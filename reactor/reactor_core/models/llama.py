@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from reactor_core.models import axes
-from reactor_core.models.attention import Attention, _linear, attention_mask
+from reactor_core.models.attention import Attention, _linear, attention_mask, dot_general
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.kv_cache import KVCache
 from reactor_core.models.norms import RMSNorm
@@ -139,7 +139,8 @@ class Llama(nnx.Module):
                 x, _ = layer(x, cos, sin, mask)
         x = self.model.norm(x)  # (B, T, E)
         if cfg.tie_word_embeddings:
-            logits = self.model.embed_tokens.attend(x)  # (B, T, V)
+            table = self.model.embed_tokens.embedding[...].astype(x.dtype)  # (V, E)
+            logits = dot_general(x, table, (((2,), (1,)), ((), ())))  # (B, T, V)
         else:
             logits = self.lm_head(x)  # (B, T, V)
         logits = axes.constrain(logits.astype(jnp.float32), (axes.BATCH, axes.LENGTH, axes.VOCAB))

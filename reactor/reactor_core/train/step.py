@@ -60,7 +60,7 @@ def make_train_step(split: SplitModel, objective, tx: optax.GradientTransformati
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {k.removesuffix("_sum"): v * inv for k, v in stats.items()}
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = schedule(state.step)
         metrics["weight"] = total
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)

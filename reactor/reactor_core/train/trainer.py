@@ -210,13 +210,13 @@ class Trainer:
 
     def _export(self, config, model, tokenizer, source, paths, run: Run) -> None:
         from reactor_core.formats import hf
-        from reactor_core.lora import peft
+        from reactor_core.lora import peft_format
 
         if config.lora.enabled:
             base = source if isinstance(source, str) else config.model.name
-            run.outputs["adapter"] = peft.save_adapter(model, config.lora, paths["adapter"], base_model=base)
+            run.outputs["adapter"] = peft_format.save_adapter(model, config.lora, paths["adapter"], base_model=base)
             if config.run.export_merged:
-                run.outputs["merged"] = peft.save_merged(model, paths["merged"], tokenizer=tokenizer)
+                run.outputs["merged"] = peft_format.save_merged(model, paths["merged"], tokenizer=tokenizer)
         else:
             hf.save_hf_dir(model, paths["model"])
             tokenizer.save_pretrained(paths["model"])

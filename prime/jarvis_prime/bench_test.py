@@ -1,0 +1,42 @@
+"""The benchmark's table and goal lines (the measurements themselves are `bazel run //prime:bench`)."""
+
+import sys
+
+import pytest
+
+from jarvis_prime.bench import Row, available, format_table, goals
+
+
+ROWS = [
+    Row("prime-jax", None, 9.0, 0.1, 900.0, 40.0, 64, 900.0),
+    Row("prime-mlx", None, 2.0, 4.0, 11.0, 8.1, 64, 700.0),
+    Row("mlx-lm", None, 2.0, 4.0, 11.0, 8.4, 64, 700.0),
+    Row("transformers", None, 3.0, 0.2, 446.0, 15.8, 64, 1200.0),
+    Row("llama.cpp", "Q4_1", note="not available (llama-cpp-python is not installed)"),
+]
+
+
+def test_table_has_every_row():
+    table = format_table(ROWS)
+    assert "prime-jax" in table and "llama.cpp" in table and "not available" in table
+    assert "40.0" in table and "446.0" in table
+
+
+def test_goal_lines():
+    lines = goals(ROWS, "jax", apple_silicon=False)
+    assert "2.53x (goal >= 2x): MET" in lines[0]
+    assert "(goal >= 1x): MET" in lines[1]
+    assert "+3.6% decode" in lines[2] and "informational" in lines[2]
+    slow = [Row("prime-jax", None, decode_tps=20.0, prompt_tps=300.0), ROWS[3]]
+    assert "MISSED" in goals(slow, "jax", apple_silicon=False)[0]
+
+
+def test_llama_cpp_availability_is_reported():
+    import importlib.util
+
+    why = available("llama.cpp")
+    assert (why is None) == (importlib.util.find_spec("llama_cpp") is not None)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
