@@ -119,8 +119,8 @@ def chat(args) -> int:
 
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
-        prompt = sys.stdin.read()
-        if not prompt.strip():
+        prompt = sys.stdin.read().strip()
+        if not prompt:
             print("error: stdin was empty: nothing to answer", file=sys.stderr)
             return 2
     scripted = prompt is not None

@@ -4,7 +4,8 @@ Run it:  bazel run //jarvis:assistant -- export --format=preference --output=pre
 
   messages    {"messages": [{"role", "content"}, ...]}: one line per conversation, for SFT.
               An answer rated bad is replaced by the user's better answer (/bad TEXT), or
-              the conversation is cut before it; stopped (partial) answers cut it too.
+              the conversation is cut before it; so do unrated answers that were stopped
+              or cut off at max_tokens.
   preference  {"prompt": [messages...], "chosen": str, "rejected": str}, for DPO: answers to
               the same prompt (a /retry, or the same question in another conversation)
               rated good and bad make a pair, and so does a bad answer with its correction.
@@ -84,9 +85,13 @@ def messages_rows(memory: Memory, *, rated_only: bool = False) -> list[dict]:
 
 
 def _trainable_answer(m: Message) -> str | None:
+    """The text to train on for this answer, or None: a bad answer counts only through its
+    correction, and an unrated one only if it ended by itself (not stopped or cut off)."""
     if m.rating == -1:
         return m.correction if m.correction and m.correction.strip() else None
-    if m.finish_reason == "cancelled" or not m.content.strip():
+    if not m.content.strip():
+        return None
+    if m.rating is None and m.finish_reason in ("cancelled", "length"):
         return None
     return m.content
 

@@ -39,6 +39,10 @@ def memory(tmp_path):
         m.rate(_answer(m, c3, u, "Goodbye.").id, -1, "Hi!")
         u = m.add_message(c3.id, "user", "Tell a story")
         m.add_message(c3.id, "assistant", "Once upon", reply_to=u.id, finish_reason="cancelled")
+        # 6: an answer cut off at max_tokens: not trained on unless rated good
+        c6 = m.create_conversation()
+        u = m.add_message(c6.id, "user", "Write an essay")
+        m.add_message(c6.id, "assistant", "Essays are", reply_to=u.id, finish_reason="length")
         # 4: the same question as in 2 elsewhere, rated bad: pairs with 2's good answer
         c4 = m.create_conversation()
         u = m.add_message(c4.id, "user", "Capital of France?")

@@ -88,3 +88,81 @@ def test_repl_session(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---- the session behind the REPL, in-process on a tiny random Llama ----
+
+
+@pytest.fixture
+def session(tmp_path):
+    import io
+
+    from jarvis.repl import ChatConfig, Console, Session
+    from jarvis.router import Router, RouterConfig
+    from jarvis.sampling import Sampling
+    from jarvis.tiny_llama import make_tiny_llama
+
+    out = io.StringIO()
+    model = make_tiny_llama(context_length=256)
+    with Memory.open(str(tmp_path / "home")) as memory:
+        s = Session(
+            memory,
+            Router(RouterConfig(model=model)),
+            sampling=Sampling(max_tokens=16, temperature=0.0),
+            config=ChatConfig(),
+            console=Console(out=out, color=False),
+            model=model,
+        )
+        s.out = out
+        yield s
+
+
+def _said(session):
+    text = session.out.getvalue()
+    session.out.seek(0)
+    session.out.truncate()
+    return text
+
+
+def test_long_conversations_are_trimmed_with_a_notice(session):
+    for i in range(8):
+        assert session.ask(f"Question {i}: " + "tell me more about this " * 8) is not None
+    said = _said(session)
+    assert "[context: left out the" in said and "256-token window" in said
+    assert len(session.memory.messages(session.conv.id)) == 16  # memory keeps everything
+    session.command("/system " + "very long rules " * 200)
+    assert session.ask("hi") is None and "error:" in _said(session)
+
+
+def test_feedback_retry_and_settings_are_stored(session):
+    first = session.ask("Hello")
+    session.command("/bad Hello! How can I help?")
+    assert "Rated bad." in _said(session)
+    second = session.retry()
+    session.command("/good")
+    messages = session.memory.messages(session.conv.id, include_inactive=True)
+    assert [m.id for m in messages if m.role == "assistant"] == [first.id, second.id]
+    assert session.memory.message(first.id).active is False
+    assert session.memory.message(first.id).correction == "Hello! How can I help?"
+    assert session.memory.message(second.id).rating == 1
+    session.command("/system Answer in French.")
+    assert session.memory.conversation(session.conv.id).system_prompt == "Answer in French."
+
+
+def test_missing_kinds_fall_back_with_notices(session, tmp_path):
+    session.command("/reasoning on")
+    assert "No reasoning model is installed" in _said(session)
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    session.command(f"/image {image}")
+    assert session.ask("What is this?") is not None
+    assert "the image is left out" in _said(session)
+    last_user = [m for m in session.memory.messages(session.conv.id) if m.role == "user"][-1]
+    assert last_user.attachments == (str(image),)
+
+
+def test_command_errors_do_not_end_the_session(session):
+    for line in ("/load nope", "/image /no/such/file.png", "/reasoning maybe", "/model prime-9000b", "/good"):
+        assert session.command(line) is True
+        assert "error:" in _said(session)
+    assert session.command("/exit") is False

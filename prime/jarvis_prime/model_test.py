@@ -60,6 +60,34 @@ def test_stream_advances_one_token_per_next(model):
     assert "".join(pieces) == stream.result.text == model.generate("Hello there", max_tokens=MAX).text
 
 
+def test_streams_interleave_on_a_worker_thread(model):
+    """Jarvis's pattern: a worker thread advances several streams one token at a time."""
+    import threading
+
+    expected = [model.generate(p, max_tokens=MAX).text for p in ("Hello there", "The quick")]
+    out = {}
+
+    def work():
+        try:
+            streams = [model.stream(p, max_tokens=MAX) for p in ("Hello there", "The quick")]
+            texts = ["", ""]
+            live = {0, 1}
+            while live:
+                for i in sorted(live):
+                    try:
+                        texts[i] += next(streams[i])
+                    except StopIteration:
+                        live.discard(i)
+            out["texts"] = texts
+        except Exception as err:  # surfaced by the assertion below
+            out["error"] = repr(err)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert out.get("texts") == expected, out
+
+
 def test_stream_close_cancels(model):
     stream = model.stream("Hello there", max_tokens=MAX)
     next(stream)

@@ -25,11 +25,10 @@ PROMPTS = [
     "What is the capital of France?",
     "Name three primary colors.",
     "What is machine learning?",
-    "Write one sentence about the ocean.",
 ]
-ANSWER_TOKENS = 24
+ANSWER_TOKENS = 20
 AGREEMENT = {"8bit": 0.90, "4bit": 0.60}
-HELD_OUT = 24
+HELD_OUT = {"jax": 24, "mlx": 8}  # MLX on Linux CPU reads ~10 tokens/s: fewer texts there
 PPL_TOKENS = 64
 # Perplexity may rise at most this much over float32.
 PPL_RATIO = {"8bit": 1.05, "4bit": 2.0}
@@ -77,9 +76,9 @@ def test_quantized_greedy_agrees_with_float32(store, backend, quantization):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_perplexity_per_quantization(store, backend):
-    texts = chatterbot_texts()[-HELD_OUT:]
+    texts = chatterbot_texts()[-HELD_OUT[backend] :]
     ppl = {q: perplexity(load(store, backend, q), texts, max_tokens=PPL_TOKENS) for q in (None, "8bit", "4bit")}
-    print(f"\n{backend} perplexity on {HELD_OUT} held-out chatterbot conversations: "
+    print(f"\n{backend} perplexity on {len(texts)} held-out chatterbot conversations: "
           + ", ".join(f"{q or 'float32'} {v:.2f}" for q, v in ppl.items()))
     assert ppl[None] < 1000
     for q in ("8bit", "4bit"):

@@ -86,7 +86,7 @@ class MLXBackend:
         self.device = device
         self.path = path  # the directory the weights were read from (mlx-lm layout)
         mx = _mlx()
-        self._stream = mx.new_stream(device)
+        self._stream = mx.new_thread_local_stream(device)  # Jarvis generates on worker threads
 
     @classmethod
     def load(cls, path: str, hf_config: dict, *, quantization: str | None, device: str, store: Store) -> MLXBackend:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from reactor_core.formats import gguf as gguf_format
+from reactor_core.formats import gguf_io
 from reactor_core.formats import hf
 from reactor_core.models.config import PRESETS, LlamaConfig
 from reactor_core.models.llama import Llama
@@ -87,7 +87,7 @@ def converted_dir(gguf_path: str, cache_dir: str | None = None) -> str:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{stem}-", dir=os.path.dirname(target))
     try:
-        model, _ = gguf_format.load_gguf(gguf_path)  # float32: dequantized values are kept exactly
+        model, _ = gguf_io.load_gguf(gguf_path)  # float32: dequantized values are kept exactly
         hf.save_hf_dir(model, tmp)
         del model
         tokenizer = _load_tokenizer(os.path.dirname(gguf_path), os.path.basename(gguf_path))

@@ -34,10 +34,11 @@ def test_dry_run_prints_spot_request_and_script(capsys):
     assert body["machineType"] == "zones/us-central1-a/machineTypes/n2-standard-8"
     assert body["metadata"]["items"] == [{"key": "startup-script", "value": script}]
     resume = (
-        "bazel run //reactor:train -- --model=prime-135m-chat --data=gs://bkt/data/train.jsonl "
-        "--checkpoint_dir=gs://bkt/runs/r1 --lora_rank=8 --steps=1000"
+        'bazel run //reactor:train -- --model=prime-135m-chat --data="$WORK/data/"train.jsonl '
+        '--output="$WORK/run" --checkpoint_dir=gs://bkt/runs/r1 --lora_rank=8 --steps=1000'
     )
     assert resume in script
+    assert 'gcloud storage cp gs://bkt/data/train.jsonl "$WORK/data/"' in script
     assert "apt-get install -y -q bazel-bootstrap" in script
     subprocess.run(["bash", "-n"], input=script, text=True, check=True)  # valid bash
 
@@ -71,7 +72,7 @@ def _fake_bin(tmp_path, train_exit: int):
     calls = tmp_path / "calls.txt"
     scripts = {
         "gcloud": f'echo "gcloud $*" >> {calls}; if [ "$2" = ls ]; then exit 1; fi; '
-        f'if [ "$2" = cp ]; then cat > {tmp_path}/marker-$(basename "$4"); fi',
+        f'if [ "$2" = cp ] && [ "$3" = - ]; then cat > {tmp_path}/marker-$(basename "$4"); fi',
         "apt-get": f'echo "apt-get $*" >> {calls}',
         "git": f'echo "git $*" >> {calls}; mkdir -p "${{@: -1}}"',  # clone's last arg: the target
         "bazel": f'echo "bazel $*" >> {calls}; exit {train_exit}',
@@ -89,10 +90,14 @@ def test_startup_script_outcomes(tmp_path, train_exit, marker):
     cfg = launcher.LaunchConfig(model="m", data="gs://b/d", checkpoint_dir="gs://b/runs/x", project="p")
     bin_dir, calls = _fake_bin(tmp_path, train_exit)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "REACTOR_HOME": str(tmp_path / "src")}
-    env["REACTOR_LOG"] = str(tmp_path / "log")
-    subprocess.run(["bash", "-c", launcher.startup_script(cfg)], env=env, check=True, timeout=60, cwd=tmp_path)
+    env.update(REACTOR_LOG=str(tmp_path / "log"), REACTOR_WORK=str(tmp_path / "work"))
+    script = launcher.startup_script(cfg)
+    subprocess.run(["bash", "-c", script], env=env, check=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL)
     log = calls.read_text()
-    assert "bazel run //reactor:train -- --model=m --data=gs://b/d --checkpoint_dir=gs://b/runs/x" in log
+    work = tmp_path / "work"
+    assert f"bazel run //reactor:train -- --model=m --data={work}/data/d --output={work}/run" in log
+    assert "--checkpoint_dir=gs://b/runs/x" in log
+    assert (f"gcloud storage cp -r {work}/run gs://b/runs/x/output" in log) == (marker == "DONE")
     markers = sorted(p.name for p in tmp_path.glob("marker-*"))
     assert markers == ([f"marker-{marker}"] if marker else [])
     assert ("shutdown" in log) == (marker is not None)

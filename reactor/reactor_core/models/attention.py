@@ -25,38 +25,19 @@ def attention_mask(
     return (causal & same)[:, None, None]  # (B, 1, 1, T, S)
 
 
-_CHUNK_ELEMENTS = 1 << 22  # ~16 MB of float32: upcast weights in slices that stay in cache
-
-
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
     """jax.lax.dot_general, except that half-precision matmuls on CPU run as float32.
 
-    XLA:CPU has no fast bfloat16 GEMM (~10x slower than float32), so operands are upcast
-    and the result rounded back: the float32 accumulation an accelerator uses anyway. Large
-    weight matrices are upcast slice by slice; one big converted copy is several times slower.
+    XLA:CPU's bfloat16 GEMM is much slower than its float32 one; upcasting the operands and
+    rounding the result gives the float32 accumulation an accelerator uses anyway.
     """
     half = (jnp.bfloat16, jnp.float16)
-    if not (jax.default_backend() == "cpu" and lhs.dtype in half and rhs.dtype in half):
-        return jax.lax.dot_general(
-            lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type, **kwargs
-        )
-    out_dtype = preferred_element_type or lhs.dtype
-    (lhs_c, rhs_c), batch = dimension_numbers
-    lhs32 = lhs.astype(jnp.float32)
-    if rhs.ndim != 2 or batch != ((), ()) or rhs.size <= _CHUNK_ELEMENTS:
-        return jax.lax.dot_general(lhs32, rhs.astype(jnp.float32), dimension_numbers, precision).astype(out_dtype)
-    free = 1 - rhs_c[0]  # the output axis of the 2-D weight
-    n = rhs.shape[free]
-    chunks = next((c for c in range(max(1, rhs.size // _CHUNK_ELEMENTS), n + 1) if n % c == 0), n)
-    pieces = jnp.moveaxis(rhs, free, 0).reshape(chunks, n // chunks, rhs.shape[rhs_c[0]])  # (C, n/C, K)
-    dims = ((lhs_c, (1,)), ((), ()))
-
-    def one(piece):  # (n/C, K) -> (..., n/C)
-        return jax.lax.dot_general(lhs32, piece.astype(jnp.float32), dims, precision).astype(out_dtype)
-
-    out = jax.lax.map(one, pieces)  # (C, ..., n/C)
-    out = jnp.moveaxis(out, 0, -2)  # (..., C, n/C)
-    return out.reshape(*out.shape[:-2], n)
+    if jax.default_backend() == "cpu" and lhs.dtype in half and rhs.dtype in half:
+        out = jax.lax.dot_general(lhs.astype(jnp.float32), rhs.astype(jnp.float32), dimension_numbers, precision)
+        return out.astype(preferred_element_type or lhs.dtype)
+    return jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type, **kwargs
+    )
 
 
 def _linear(cfg: LlamaConfig, n_in: int, n_out: int, names, *, rngs: nnx.Rngs) -> nnx.Linear:

@@ -35,8 +35,8 @@ def storage_dtypes(model_config, *, full_finetune: bool) -> tuple[str, str]:
     return model_config.dtype, "float32" if full_finetune else model_config.dtype
 
 
-def load_base(model_config, *, full_finetune: bool, seed: int = 0):
-    """(Llama, tokenizer or None, source path or name)."""
+def load_base(model_config, *, full_finetune: bool, seed: int = 0, tokenizer: bool = True):
+    """(Llama, tokenizer (None when not asked for or with random weights), source path or name)."""
     dtype, param_dtype = storage_dtypes(model_config, full_finetune=full_finetune)
     if model_config.path == RANDOM:
         cfg = LlamaConfig.preset(model_config.name).replace(dtype=dtype, param_dtype=param_dtype)
@@ -45,11 +45,11 @@ def load_base(model_config, *, full_finetune: bool, seed: int = 0):
 
     source = model_config.path or model_config.name
     try:
-        bundle = load_pretrained(source, dtype=dtype, param_dtype=param_dtype)
+        bundle = load_pretrained(source, dtype=dtype, param_dtype=param_dtype, tokenizer=tokenizer)
     except FileNotFoundError:
         if model_config.path or source not in HUB_IDS:
             raise
-        bundle = load_pretrained(_hub_download(source), dtype=dtype, param_dtype=param_dtype)
+        bundle = load_pretrained(_hub_download(source), dtype=dtype, param_dtype=param_dtype, tokenizer=tokenizer)
     return bundle.model, bundle.tokenizer, bundle.path
 
 

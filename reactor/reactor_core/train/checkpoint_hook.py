@@ -1,8 +1,9 @@
-"""Local checkpoints as a hook: TrainState + data-iterator state every N steps, with Orbax.
+"""Checkpoints as a hook: TrainState + data-iterator state every N steps and at the end.
 
-The one module of the trainer that talks to Orbax; the sharded / GCS / preemption-aware
-checkpointer replaces this hook without touching the loop. Layout under `directory`:
-<step>/state (TrainState arrays) and <step>/data (iterator state JSON).
+Storage is reactor_core.ckpt.checkpoint (the one module that talks to Orbax and GCS):
+local or gs:// directories, keep-last-N, atomic commits, the run's config hash. Each
+step directory holds `state` (the TrainState pytree, PRNG keys as their uint32 data)
+and `extra` ({"data": iterator state}).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ import jax.numpy as jnp
 
 from reactor_core.train.hooks import Hook, Run
 
+# Fields that may change between a run and its resumption.
+RESUMABLE_CHANGES = ("run.max_steps", "run.num_epochs", "run.progress", "run.log_every", "run.eval_every", "run.plot")
 
-def _plain(tree):
-    """Typed PRNG keys become their uint32 data (Orbax stores plain arrays)."""
+
+def plain_state(tree):
+    """Typed PRNG keys become their uint32 data (checkpoints store plain arrays)."""
 
     def conv(x):
         if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -29,38 +33,32 @@ class Checkpoint(Hook):
         self.directory = directory
         self.every_n_steps = every_n_steps
         self.keep = keep
-        self._manager = None
+        self.manager = None
 
     def start(self, run: Run) -> None:
-        import orbax.checkpoint as ocp
+        from reactor_core.ckpt.checkpoint import CheckpointManager
 
-        options = ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True, enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = CheckpointManager(
+            self.directory, keep=self.keep, config=run.config.to_dict(), ignore_fields=RESUMABLE_CHANGES
+        )
         run.outputs["checkpoints"] = self.directory
 
     def after_step(self, run: Run) -> None:
-        import orbax.checkpoint as ocp
-
         data = run.train_batches.state() if hasattr(run.train_batches, "state") else {}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_plain(run.state)), data=ocp.args.JsonSave(data))
-        self._manager.save(run.step, args=args)
+        self.manager.save(run.step, plain_state(run.state), {"data": data})
 
     def end(self, run: Run) -> None:
-        if self._manager is not None:
-            self._manager.wait_until_finished()
-            self._manager.close()
+        if self.manager is not None:
+            self.manager.close()
 
 
-def restore_latest(directory: str, abstract_state):
-    """(step, TrainState arrays (plain keys), iterator state) of the newest checkpoint, or None."""
-    import orbax.checkpoint as ocp
+def restore_latest(directory: str, abstract_state, config=None):
+    """(step, TrainState pytree with plain keys, extra dict) of the newest checkpoint, or None."""
+    from reactor_core.ckpt.checkpoint import CheckpointManager
 
-    with ocp.CheckpointManager(directory) as manager:
+    with CheckpointManager(directory, config=config.to_dict() if config else None, ignore_fields=RESUMABLE_CHANGES) as manager:
         step = manager.latest_step()
         if step is None:
             return None
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(_plain(abstract_state)), data=ocp.args.JsonRestore()),
-        )
-    return step, restored["state"], restored["data"]
+        state, extra = manager.restore(plain_state(abstract_state), step)
+    return step, state, extra

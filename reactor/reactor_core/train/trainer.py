@@ -106,7 +106,10 @@ class Trainer:
             return None
         if config.dpo.reference:
             ref_model, _, _ = base_model.load_base(
-                dataclasses.replace(config.model, path=config.dpo.reference), full_finetune=False, seed=config.run.seed
+                dataclasses.replace(config.model, path=config.dpo.reference),
+                full_finetune=False,
+                seed=config.run.seed,
+                tokenizer=False,
             )
         elif config.lora.enabled:
             return None

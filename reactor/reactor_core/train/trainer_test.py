@@ -103,11 +103,10 @@ def test_checkpoint_restores_train_state(sft):
 
     from reactor_core.train.checkpoint_hook import restore_latest
 
-    _, result, _, _ = sft
-    restored = restore_latest(result.outputs["checkpoints"], None)
-    step, state, data_state = restored
+    config, result, _, data = sft
+    step, state, extra = restore_latest(result.outputs["checkpoints"], None, config.replace(data_path=data))
     assert step == 12 and int(state["step"]) == 12
-    assert data_state["kind"] == "sft" and data_state["position"] > 0
+    assert extra["data"]["kind"] == "sft" and extra["data"]["position"] > 0
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 

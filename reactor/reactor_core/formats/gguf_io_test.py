@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from reactor_core.formats import gguf
+from reactor_core.formats import gguf_io as gguf
 from reactor_core.formats.hf import CheckpointError
 from reactor_core.models import reference_testing as ref
 from reactor_core.models.config import LlamaConfig

@@ -1,0 +1,1 @@
+"""LoRA and QLoRA: adapter tree surgery, NF4/int8 frozen bases, PEFT adapter files."""
