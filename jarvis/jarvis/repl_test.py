@@ -1,9 +1,11 @@
 """The REPL driven as a user would, in a pseudo-terminal, on the real offline default model
-(prime-135m-chat-v1): a question, /good, /stats, /new, /history, /load, /exit.
+(prime-135m-chat-v1): a question, /good, /stats, /new, /history, /load, /exit. Then the
+session behind it in-process on a tiny random Llama: context trimming, feedback, fallbacks.
 
 Run: bazel test //jarvis:repl_test
 """
 
+import io
 import os
 import re
 import sys
@@ -12,6 +14,10 @@ import pexpect
 import pytest
 
 from jarvis.memory import Memory
+from jarvis.repl import ChatConfig, Console, Session
+from jarvis.router import Router, RouterConfig
+from jarvis.sampling import Sampling
+from jarvis.tiny_llama import make_tiny_llama
 
 TIMEOUT = 600  # loading and compiling the model on a busy 2-core machine
 
@@ -95,13 +101,6 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def session(tmp_path):
-    import io
-
-    from jarvis.repl import ChatConfig, Console, Session
-    from jarvis.router import Router, RouterConfig
-    from jarvis.sampling import Sampling
-    from jarvis.tiny_llama import make_tiny_llama
-
     out = io.StringIO()
     model = make_tiny_llama(context_length=256)
     with Memory.open(str(tmp_path / "home")) as memory:

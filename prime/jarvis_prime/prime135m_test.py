@@ -42,6 +42,12 @@ def store(tmp_path_factory):
 _models = {}
 
 
+def report(capsys, line: str) -> None:
+    """Measurements belong in the test log even when the test passes."""
+    with capsys.disabled():
+        print("\n" + line, flush=True)
+
+
 def load(store, backend, quantization):
     key = (backend, quantization)
     if key not in _models:
@@ -50,11 +56,11 @@ def load(store, backend, quantization):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_paris(store, backend):
+def test_paris(store, backend, capsys):
     model = load(store, backend, None)
     assert model.info.name == MODEL and model.backend == backend and model.quantization is None
     result = model.generate("What is the capital of France?", max_tokens=24)
-    print(f"\n{backend}: {result.text!r} ({result.tokens_per_second:.1f} tok/s)")
+    report(capsys, f"{backend}: {result.text!r} ({result.tokens_per_second:.1f} tok/s)")
     assert "Paris" in result.text
     assert result.finish_reason == "stop"
 
@@ -66,19 +72,19 @@ def test_backends_agree_on_the_real_model(store):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
-def test_quantized_greedy_agrees_with_float32(store, backend, quantization):
+def test_quantized_greedy_agrees_with_float32(store, backend, quantization, capsys):
     reference = load(store, backend, None)
     quantized = load(store, backend, quantization)
     share = greedy_agreement(reference, quantized, PROMPTS, max_tokens=ANSWER_TOKENS)
-    print(f"\n{backend} {quantization}: {share:.1%} of greedy tokens agree with float32")
+    report(capsys, f"{backend} {quantization}: {share:.1%} of greedy tokens agree with float32")
     assert share >= AGREEMENT[quantization]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_perplexity_per_quantization(store, backend):
+def test_perplexity_per_quantization(store, backend, capsys):
     texts = chatterbot_texts()[-HELD_OUT[backend] :]
     ppl = {q: perplexity(load(store, backend, q), texts, max_tokens=PPL_TOKENS) for q in (None, "8bit", "4bit")}
-    print(f"\n{backend} perplexity on {len(texts)} held-out chatterbot conversations: "
+    report(capsys, f"{backend} perplexity on {len(texts)} held-out chatterbot conversations: "
           + ", ".join(f"{q or 'float32'} {v:.2f}" for q, v in ppl.items()))
     assert ppl[None] < 1000
     for q in ("8bit", "4bit"):
@@ -86,4 +92,4 @@ def test_perplexity_per_quantization(store, backend):
 
 
 if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q", "-s"]))
+    sys.exit(pytest.main([__file__, "-q"]))

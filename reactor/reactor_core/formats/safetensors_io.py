@@ -89,7 +89,11 @@ def save(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | N
         arr = np.ascontiguousarray(arr)
         if arr.dtype not in _NAMES:
             raise ValueError(f"cannot save tensor {name!r} with dtype {arr.dtype} to {path}")
-        header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        header[name] = {
+            "dtype": _NAMES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
         offset += arr.nbytes
         arrays.append(arr)
     blob = json.dumps(header, separators=(",", ":")).encode()

@@ -79,7 +79,9 @@ def _prefill(graphdef, state, tokens, positions, segments, cache, key, values, f
 def _decode(graphdef, state, token, positions, cache, key, seen, values, flags):
     model = nnx.merge(graphdef, state)
     segments = jnp.ones((token.shape[0], 1), jnp.int32)  # (B, 1)
-    logits, cache = model.forward_with_cache(token[:, None], positions=positions[:, None], segment_ids=segments, cache=cache)
+    logits, cache = model.forward_with_cache(
+        token[:, None], positions=positions[:, None], segment_ids=segments, cache=cache
+    )
     key, sub = jax.random.split(key)
     token = select(logits[:, -1], sub, seen, values, flags)  # (B,)
     if seen is not None:
@@ -154,7 +156,9 @@ class Generator:
         for step in range(max_new_tokens):
             pending = None
             if step + 1 < max_new_tokens:  # dispatch the next step before reading this one (overlap)
-                pending = self.decode_fn(self.graphdef, self.state, token, jnp.asarray(next_pos), cache, key, seen, values, flags)
+                pending = self.decode_fn(
+                    self.graphdef, self.state, token, jnp.asarray(next_pos), cache, key, seen, values, flags
+                )
             host = np.asarray(token)
             now = time.perf_counter()
             if step == 0:

@@ -109,7 +109,9 @@ class Llama(nnx.Module):
         """Runs `tokens` (B, T) at cache slots index..index+T-1; returns (logits (B, T, V), cache)."""
         b, t = tokens.shape
         q_slots = cache.index + jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))  # (B, T)
-        cache_segments = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids.astype(jnp.int32), (0, cache.index))
+        cache_segments = jax.lax.dynamic_update_slice(
+            cache.segment_ids, segment_ids.astype(jnp.int32), (0, cache.index)
+        )  # (B, S)
         k_slots = jnp.broadcast_to(jnp.arange(cache.max_length, dtype=jnp.int32), (b, cache.max_length))  # (B, S)
         mask = attention_mask(q_slots, segment_ids, k_slots, cache_segments)  # (B, 1, 1, T, S)
         logits, new_kv = self._forward(tokens, positions, mask, cache=cache)

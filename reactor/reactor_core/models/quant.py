@@ -69,5 +69,6 @@ def quantize_model(model: nnx.Module, *, bits: int = 8, group_size: int | None =
             if isinstance(child, nnx.Linear):
                 if child.bias is not None:
                     raise ValueError(f"quantize_model: Linear {name!r} has a bias; not supported")
-                setattr(node, name, QuantizedLinear(child.kernel[...], bits=bits, group_size=group_size, dtype=child.dtype or jnp.float32))
+                dtype = child.dtype or jnp.float32
+                setattr(node, name, QuantizedLinear(child.kernel[...], bits=bits, group_size=group_size, dtype=dtype))
     return model
