@@ -26,7 +26,19 @@ _EXPORTS = {
     "QuantizationError": "jarvis_prime.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BackendUnavailableError",
+    "GenerationResult",
+    "ModelInfo",
+    "ModelNotAvailableError",
+    "PrimeError",
+    "PrimeModel",
+    "PrimeWarning",
+    "QuantizationError",
+    "TextStream",
+    "UnknownModelError",
+    "list_models",
+]
 
 
 def __getattr__(name):

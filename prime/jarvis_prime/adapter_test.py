@@ -9,9 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import ModelNotAvailableError, PrimeModel, adapter  # noqa: E402
-from jarvis_prime.store import Store  # noqa: E402
-from jarvis_prime.testing import make_tiny_model  # noqa: E402
+from jarvis_prime import ModelNotAvailableError, PrimeModel, adapter
+from jarvis_prime.store import Store
+from jarvis_prime.testing import make_tiny_model
 
 MAX = 12
 
@@ -47,7 +47,9 @@ def peft_greedy(base, adapter_dir, prompt_ids):
     from transformers import AutoModelForCausalLM
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter_dir)
-    out = model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=MAX, do_sample=False, eos_token_id=2, pad_token_id=0)
+    out = model.generate(
+        input_ids=torch.tensor([prompt_ids]), max_new_tokens=MAX, do_sample=False, eos_token_id=2, pad_token_id=0
+    )
     return tuple(out[0, len(prompt_ids) :].tolist())
 
 
@@ -68,7 +70,7 @@ def test_adapter_matches_peft(base, peft_dir, tmp_path, backend):
 def test_merge_math(base, peft_dir, tmp_path):
     from reactor_core.formats import safetensors_io
 
-    config, lora, scale = adapter.read_adapter(peft_dir)
+    _, lora, scale = adapter.read_adapter(peft_dir)
     assert scale == 2.0 and len(lora) == 2 * 3  # 2 layers x (q, v, down)
     out = tmp_path / "merged"
     out.mkdir()
@@ -78,7 +80,9 @@ def test_merge_math(base, peft_dir, tmp_path):
     name = "model.layers.0.self_attn.q_proj.weight"
     a, b = lora[name]
     np.testing.assert_allclose(after[name], before[name] + scale * b @ a, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(after["model.layers.0.self_attn.k_proj.weight"], before["model.layers.0.self_attn.k_proj.weight"])
+    np.testing.assert_array_equal(
+        after["model.layers.0.self_attn.k_proj.weight"], before["model.layers.0.self_attn.k_proj.weight"]
+    )
     assert (out / "tokenizer.json").exists() and (out / "config.json").exists()
 
 
@@ -97,7 +101,9 @@ def test_bad_adapters(base, tmp_path):
         adapter.merged(base, str(tmp_path / "none"), store)
     p = "base_model.model.model.layers.0.self_attn.q_proj"
     wrong = str(tmp_path / "wrong")
-    write_adapter(wrong, {f"{p}.lora_A.weight": np.ones((2, 32), np.float32), f"{p}.lora_B.weight": np.ones((64, 2), np.float32)})
+    write_adapter(
+        wrong, {f"{p}.lora_A.weight": np.ones((2, 32), np.float32), f"{p}.lora_B.weight": np.ones((64, 2), np.float32)}
+    )
     with pytest.raises(ModelNotAvailableError, match="trained on another model"):
         adapter.merged(base, wrong, store)
     half = str(tmp_path / "half")
@@ -108,7 +114,9 @@ def test_bad_adapters(base, tmp_path):
     write_adapter(other, {f"{p}.lora_A.weight": np.ones((2, 64), np.float32)}, peft_type="PREFIX_TUNING")
     with pytest.raises(ModelNotAvailableError, match="PREFIX_TUNING"):
         adapter.merged(base, other, store)
-    assert not os.path.exists(os.path.join(store.root, "converted")) or not os.listdir(os.path.join(store.root, "converted"))
+    assert not os.path.exists(os.path.join(store.root, "converted")) or not os.listdir(
+        os.path.join(store.root, "converted")
+    )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def run_prime(backend: str, quant, decode_ids, prefill_ids, n: int, repeats: int
 def run_mlx_lm(quant, decode_ids, prefill_ids, n: int, repeats: int) -> Row:
     from pathlib import Path
 
-    import mlx.nn as nn
+    from mlx import nn
     from mlx_lm.generate import stream_generate
     from mlx_lm.utils import load_model, load_tokenizer
 
@@ -181,7 +181,6 @@ def run_transformers(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
 
 def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
     from llama_cpp import Llama
-
     from reactor_core.formats.pretrained import offline_gguf_path
 
     row = Row("llama.cpp", "Q4_1")
@@ -259,19 +258,20 @@ def run_row(runner: str, quant, decode_ids, prefill_ids, decode_tokens: int, rep
     why = available(runner)
     if why:
         return Row(runner, quant, note=why)
-    spec = dict(
-        runner=runner,
-        quantization=quant,
-        decode_ids=decode_ids,
-        prefill_ids=prefill_ids,
-        decode_tokens=decode_tokens,
-        repeats=repeats,
-    )
+    spec = {
+        "runner": runner,
+        "quantization": quant,
+        "decode_ids": decode_ids,
+        "prefill_ids": prefill_ids,
+        "decode_tokens": decode_tokens,
+        "repeats": repeats,
+    }
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
             capture_output=True,
+            check=False,
             text=True,
             env=env,
             timeout=timeout,
@@ -357,8 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     machine = Machine.detect()
     keep = {r for r in args.rows.split(",") if r}
     decode_ids, prefill_ids = prompts(args.prefill_tokens)
-    print(f"{MODEL}: decode {args.decode_tokens} tokens after a {len(decode_ids)}-token prompt; "
-          f"prefill {len(prefill_ids)} tokens; {os.cpu_count()} CPUs, {machine.system} {machine.arch}", flush=True)
+    print(
+        f"{MODEL}: decode {args.decode_tokens} tokens after a {len(decode_ids)}-token prompt; "
+        f"prefill {len(prefill_ids)} tokens; {os.cpu_count()} CPUs, {machine.system} {machine.arch}",
+        flush=True,
+    )
     rows = []
     for runner, quant in ROWS:
         if keep and runner not in keep:

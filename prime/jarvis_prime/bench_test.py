@@ -6,7 +6,6 @@ import pytest
 
 from jarvis_prime.bench import Row, available, format_table, goals
 
-
 ROWS = [
     Row("prime-jax", None, 9.0, 0.1, 900.0, 40.0, 64, 900.0),
     Row("prime-mlx", None, 2.0, 4.0, 11.0, 8.1, 64, 700.0),

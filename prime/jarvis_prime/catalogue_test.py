@@ -5,8 +5,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import ModelInfo, QuantizationError, UnknownModelError, catalogue, list_models  # noqa: E402
-from jarvis_prime.catalogue import Machine  # noqa: E402
+from jarvis_prime import ModelInfo, QuantizationError, UnknownModelError, catalogue, list_models
+from jarvis_prime.catalogue import Machine
 
 M1_16GB = Machine("Darwin", "arm64", 16 * 2**30)
 CI_BOX = Machine("Linux", "x86_64", 24 * 2**30)

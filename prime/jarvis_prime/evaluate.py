@@ -21,7 +21,7 @@ def chatterbot_texts(limit: int | None = None) -> list[str]:
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("chatterbot-corpus is not installed: pip install chatterbot-corpus")
-    root = os.path.join(list(spec.submodule_search_locations)[0], "data", "english")
+    root = os.path.join(next(iter(spec.submodule_search_locations)), "data", "english")
     texts = []
     for path in sorted(glob.glob(os.path.join(root, "*.yml"))):
         with open(path, encoding="utf-8") as f:

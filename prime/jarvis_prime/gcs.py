@@ -12,7 +12,7 @@ from jarvis_prime.errors import ModelNotAvailableError
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """"gs://bucket/a/b" -> ("bucket", "a/b")."""
+    """ "gs://bucket/a/b" -> ("bucket", "a/b")."""
     if not uri.startswith("gs://"):
         raise ModelNotAvailableError(f"{uri!r} is not a gs:// URI (expected gs://bucket/path)")
     bucket, _, prefix = uri[len("gs://") :].partition("/")

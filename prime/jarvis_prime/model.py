@@ -93,7 +93,7 @@ class PrimeModel:
                 f"Out of memory loading {resolved.info.name} on the {chosen} backend; "
                 f"try quantization='4bit' (estimate {resolved.info.memory_bytes['4bit'] / 2**30:.1f} GiB)"
             ) from None
-        except Exception as err:  # a library failing deep inside: say which model, backend and why
+        except Exception as err:  # noqa: BLE001 - a library failing deep inside: say which model, backend and why
             raise ModelNotAvailableError(
                 f"Loading {path} on the {chosen} backend failed: {type(err).__name__}: {err}"
             ) from None
@@ -119,10 +119,13 @@ class PrimeModel:
             return self.tokenizer.encode(prompt, add_special_tokens=True)
         return self.encode_chat([{"role": "user", "content": prompt}])
 
-    def count_tokens(self, messages_or_text) -> int:
-        """Tokens the model would read, after the chat template (for trimming conversations)."""
+    def count_tokens(self, messages_or_text, *, raw: bool = False) -> int:
+        """Tokens the model would read, after the chat template (for trimming conversations).
+
+        A string counts as one user turn, as `generate` reads it; raw=True counts it as is.
+        """
         if isinstance(messages_or_text, str):
-            return len(self.encode_prompt(messages_or_text))
+            return len(self.encode_prompt(messages_or_text, raw=raw))
         return len(self.encode_chat(messages_or_text))
 
     # ---- generation ----

@@ -7,7 +7,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import (  # noqa: E402
+from jarvis_prime import (
     BackendUnavailableError,
     GenerationResult,
     PrimeError,
@@ -15,8 +15,8 @@ from jarvis_prime import (  # noqa: E402
     QuantizationError,
     TextStream,
 )
-from jarvis_prime.store import Store  # noqa: E402
-from jarvis_prime.testing import make_tiny_model  # noqa: E402
+from jarvis_prime.store import Store
+from jarvis_prime.testing import make_tiny_model
 
 BACKENDS = ["jax", "mlx"]
 MAX = 12
@@ -79,7 +79,7 @@ def test_streams_interleave_on_a_worker_thread(model):
                     except StopIteration:
                         live.discard(i)
             out["texts"] = texts
-        except Exception as err:  # surfaced by the assertion below
+        except Exception as err:  # noqa: BLE001 - surfaced by the assertion below
             out["error"] = repr(err)
 
     worker = threading.Thread(target=work)
@@ -106,6 +106,7 @@ def test_chat_uses_the_template(model):
 
 def test_raw_prompt_skips_the_template(model):
     assert model.generate("Hello", raw=True, max_tokens=2).prompt_tokens == len(model.tokenizer.encode("Hello"))
+    assert model.count_tokens("Hello", raw=True) == len(model.tokenizer.encode("Hello")) < model.count_tokens("Hello")
 
 
 def test_max_tokens_and_stop(model):
@@ -119,7 +120,15 @@ def test_max_tokens_and_stop(model):
 
 
 def test_seeded_sampling_is_reproducible(model):
-    kw = dict(max_tokens=MAX, temperature=1.0, top_k=50, top_p=0.9, min_p=0.01, repetition_penalty=1.1, seed=7)
+    kw = {
+        "max_tokens": MAX,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 0.9,
+        "min_p": 0.01,
+        "repetition_penalty": 1.1,
+        "seed": 7,
+    }
     a = model.generate("Once upon", **kw).token_ids
     b = model.generate("Once upon", **kw).token_ids
     assert a == b

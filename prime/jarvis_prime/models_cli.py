@@ -1,7 +1,7 @@
 """Prints the PRIME catalogue as this machine sees it.
 
-    bazel run //prime:models
-    bazel run //prime:models -- --json
+bazel run //prime:models
+bazel run //prime:models -- --json
 """
 
 from __future__ import annotations

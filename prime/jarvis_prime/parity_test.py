@@ -7,16 +7,23 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import PrimeModel  # noqa: E402
-from jarvis_prime.store import Store  # noqa: E402
-from jarvis_prime.testing import make_tiny_model  # noqa: E402
+from jarvis_prime import PrimeModel
+from jarvis_prime.store import Store
+from jarvis_prime.testing import make_tiny_model
 
 PROMPTS = ["The quick brown fox", "What is the capital of France?", "Café 😀 東京 42"]
 MAX = 16
 CONFIGS = {
-    "gqa": dict(seed=0),
-    "tied-mha": dict(seed=1, num_kv_heads=4, tie_word_embeddings=True),
-    "deeper": dict(seed=2, num_layers=3, hidden_size=128, num_heads=8, num_kv_heads=2, intermediate_size=256),
+    "gqa": {"seed": 0},
+    "tied-mha": {"seed": 1, "num_kv_heads": 4, "tie_word_embeddings": True},
+    "deeper": {
+        "seed": 2,
+        "num_layers": 3,
+        "hidden_size": 128,
+        "num_heads": 8,
+        "num_kv_heads": 2,
+        "intermediate_size": 256,
+    },
 }
 
 

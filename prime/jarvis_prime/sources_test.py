@@ -1,6 +1,7 @@
 import builtins
 import json
 import os
+import pathlib
 import shutil
 import sys
 
@@ -8,9 +9,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import ModelNotAvailableError, PrimeWarning, UnknownModelError, gcs, sources  # noqa: E402
-from jarvis_prime.store import Store  # noqa: E402
-from jarvis_prime.testing import make_tiny_model  # noqa: E402
+from jarvis_prime import ModelNotAvailableError, PrimeWarning, UnknownModelError, gcs, sources
+from jarvis_prime.store import Store
+from jarvis_prime.testing import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,9 @@ def test_absent_7b_falls_back_to_the_offline_default_with_a_warning(store, monke
     calls = []
     monkeypatch.setattr(sources, "_package_dir", lambda e, s: calls.append(e.name) or "/fake")
     monkeypatch.setattr(sources, "validate_dir", lambda path: {"model_type": "llama"})
-    with pytest.warns(PrimeWarning, match=r"Loading prime-135m-chat-v1 instead of prime-7b-chat-v1.*models/prime-7b-chat-v1"):
+    with pytest.warns(
+        PrimeWarning, match=r"Loading prime-135m-chat-v1 instead of prime-7b-chat-v1.*models/prime-7b-chat-v1"
+    ):
         r = sources.resolve("prime-7b-chat-v1", store=store)
     assert r.info.name == "prime-135m-chat-v1" and r.requested == "prime-7b-chat-v1" and calls
     with pytest.raises(ModelNotAvailableError, match="prime-7b-chat-v1"):
@@ -166,7 +169,7 @@ class FakeClient:
 
 
 def test_gcs_download_dir(tiny, tmp_path):
-    files = {f"models/m/{n}": open(os.path.join(tiny, n), "rb").read() for n in os.listdir(tiny)}
+    files = {f"models/m/{n}": pathlib.Path(tiny, n).read_bytes() for n in os.listdir(tiny)}
     target = str(tmp_path / "m")
     assert gcs.download_dir("gs://bkt/models/m", target, storage_client=FakeClient(files)) == len(files)
     assert sorted(os.listdir(target)) == sorted(os.listdir(tiny))
@@ -175,12 +178,26 @@ def test_gcs_download_dir(tiny, tmp_path):
 
 
 def test_gcs_source_fills_the_store(tiny, store, monkeypatch):
-    files = {f"prefix/prime-13b-reasoning-v1/{n}": open(os.path.join(tiny, n), "rb").read() for n in os.listdir(tiny)}
+    files = {f"prefix/prime-13b-reasoning-v1/{n}": pathlib.Path(tiny, n).read_bytes() for n in os.listdir(tiny)}
     monkeypatch.setenv("PRIME_GCS_BUCKET", "gs://bkt/prefix")
     monkeypatch.setattr(gcs, "client", lambda: FakeClient(files))
     r = sources.resolve("prime-13b-reasoning-v1", store=store)
     assert r.source == "gs" and r.path == store.model_dir("prime-13b-reasoning-v1")
     assert sources.resolve("prime-13b-reasoning-v1", store=store).source == "store"  # second time: local
+
+
+def test_gs_uri_as_a_directory(tiny, store, monkeypatch):
+    files = {f"dirs/tiny/{n}": pathlib.Path(tiny, n).read_bytes() for n in os.listdir(tiny)}
+    monkeypatch.setattr(gcs, "client", lambda: FakeClient(files))
+    r = sources.resolve("gs://bkt/dirs/tiny", store=store)
+    assert r.source == "directory" and r.path == store.model_dir("gs--bkt--dirs--tiny")
+    monkeypatch.setattr(gcs, "client", lambda: pytest.fail("downloaded twice"))
+    assert sources.resolve("gs://bkt/dirs/tiny/", store=store).path == r.path
+
+
+def test_hub_id_offline_says_so(store):
+    with pytest.raises(ModelNotAvailableError, match="needs the network"):
+        sources.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", store=store)
 
 
 def test_gcs_without_the_package_names_it(monkeypatch):

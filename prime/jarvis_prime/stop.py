@@ -1,8 +1,8 @@
 """Stop strings over streamed text: hold back what might be the start of a stop string.
 
-    stops = StopMatcher(["\\nUser:"])
-    piece, stopped = stops.feed("Hello\\nUs")   # -> ("Hello", False); "\\nUs" is held
-    piece, stopped = stops.feed("er: hi")       # -> ("", True); text ends before the stop
+stops = StopMatcher(["\\nUser:"])
+piece, stopped = stops.feed("Hello\\nUs")   # -> ("Hello", False); "\\nUs" is held
+piece, stopped = stops.feed("er: hi")       # -> ("", True); text ends before the stop
 """
 
 from __future__ import annotations

@@ -22,10 +22,9 @@ def test_default_is_under_the_user_cache(monkeypatch, tmp_path):
 def test_writing_is_atomic(tmp_path):
     store = Store(str(tmp_path))
     assert not store.has_converted("mlx-4bit", "k")
-    with pytest.raises(RuntimeError):
-        with store.writing("mlx-4bit", "k") as tmp:
-            open(os.path.join(tmp, "half"), "w").close()
-            raise RuntimeError("crash mid-conversion")
+    with pytest.raises(RuntimeError), store.writing("mlx-4bit", "k") as tmp:
+        open(os.path.join(tmp, "half"), "w").close()
+        raise RuntimeError("crash mid-conversion")
     assert not store.has_converted("mlx-4bit", "k")
     assert os.listdir(tmp_path / "converted") == []  # nothing half-written left behind
     with store.writing("mlx-4bit", "k", {"source": "x"}) as tmp:

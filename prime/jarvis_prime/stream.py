@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from typing import Self
 
 from jarvis_prime.detokenize import Detokenizer
 from jarvis_prime.stop import StopMatcher
@@ -108,7 +109,7 @@ class TextStream:
                 self._t_start = time.perf_counter()
             self._finish("cancelled", "")
 
-    def __enter__(self) -> TextStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

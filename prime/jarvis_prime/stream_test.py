@@ -39,7 +39,9 @@ class Tokens:
 def make(tok, text, *, eos=False, max_tokens=100, stop=()):
     ids = tok.encode(text, add_special_tokens=False) + ([EOS] if eos else [])
     tokens = Tokens(ids)
-    stream = TextStream(tokens, tokenizer=tok, prompt_tokens=7, max_tokens=max_tokens, eos_token_ids=frozenset({EOS}), stop=stop)
+    stream = TextStream(
+        tokens, tokenizer=tok, prompt_tokens=7, max_tokens=max_tokens, eos_token_ids=frozenset({EOS}), stop=stop
+    )
     return stream, tokens
 
 

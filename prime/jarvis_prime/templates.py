@@ -67,7 +67,9 @@ def render(tokenizer, messages, *, kind: str = "chat") -> list[int]:
         messages = [{"role": "system", "content": REASONING_SYSTEM}, *messages]
     template = tokenizer.chat_template or builtin_template(tokenizer)
     try:
-        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
-    except Exception as err:  # jinja2 TemplateError, e.g. roles that do not alternate
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    except Exception as err:  # noqa: BLE001 - jinja2 TemplateError, e.g. roles that do not alternate
         raise PrimeError(f"The model's chat template rejects these messages: {err}") from None
     return tokenizer.encode(text, add_special_tokens=False)

@@ -57,7 +57,9 @@ def test_reasoning_adds_a_system_prompt_only_when_missing():
     tok = FakeTokenizer()
     templates.render(tok, [{"role": "user", "content": "2+2?"}], kind="reasoning")
     assert "step by step" in tok.rendered
-    templates.render(tok, [{"role": "system", "content": "mine"}, {"role": "user", "content": "2+2?"}], kind="reasoning")
+    templates.render(
+        tok, [{"role": "system", "content": "mine"}, {"role": "user", "content": "2+2?"}], kind="reasoning"
+    )
     assert "step by step" not in tok.rendered and "mine" in tok.rendered
 
 

@@ -48,7 +48,9 @@ def _chat_template(path: str, config: dict) -> str | None:
 class Tokenizer:
     """The subset of a Hugging Face tokenizer Prime uses: encode, decode, chat template, ids."""
 
-    def __init__(self, backend, *, bos_token: str | None, eos_token: str | None, add_bos: bool, chat_template: str | None):
+    def __init__(
+        self, backend, *, bos_token: str | None, eos_token: str | None, add_bos: bool, chat_template: str | None
+    ):
         self._tok = backend  # tokenizers.Tokenizer
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -120,8 +122,10 @@ def load_tokenizer(path: str):
 
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except ImportError as err:
-        raise ModelNotAvailableError(f"Loading the tokenizer of {path} needs {err.name}: pip install {err.name}") from None
-    except Exception as err:  # malformed tokenizer.json / tokenizer_config.json
+        raise ModelNotAvailableError(
+            f"Loading the tokenizer of {path} needs {err.name}: pip install {err.name}"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - malformed tokenizer.json / tokenizer_config.json
         raise ModelNotAvailableError(
             f"Model directory {path} is not usable: its tokenizer does not load ({type(err).__name__}: {err})"
         ) from None

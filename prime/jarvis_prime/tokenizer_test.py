@@ -1,14 +1,15 @@
 import json
 import os
+import shutil
 import sys
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from jarvis_prime import ModelNotAvailableError  # noqa: E402
-from jarvis_prime.testing import CHATML, make_tokenizer  # noqa: E402
-from jarvis_prime.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
+from jarvis_prime import ModelNotAvailableError
+from jarvis_prime.testing import CHATML, make_tokenizer
+from jarvis_prime.tokenizer import Tokenizer, load_tokenizer
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -31,7 +32,9 @@ def test_matches_transformers(tok_dir):
     ours = load_tokenizer(tok_dir)
     ref = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     assert isinstance(ours, Tokenizer)
-    assert ours.apply_chat_template(MESSAGES) == ref.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert ours.apply_chat_template(MESSAGES) == ref.apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=True
+    )
     for text in ["Hello world", "Café 😀 東京", ours.apply_chat_template(MESSAGES)]:
         assert ours.encode(text) == ref.encode(text)
         assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text), skip_special_tokens=True)
@@ -40,7 +43,7 @@ def test_matches_transformers(tok_dir):
 
 def test_template_from_chat_template_jinja(tok_dir, tmp_path):
     for name in os.listdir(tok_dir):
-        (tmp_path / name).write_bytes(open(os.path.join(tok_dir, name), "rb").read())
+        shutil.copy(os.path.join(tok_dir, name), tmp_path / name)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     del config["chat_template"]
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
@@ -51,7 +54,7 @@ def test_template_from_chat_template_jinja(tok_dir, tmp_path):
 
 def test_add_bos_token(tok_dir, tmp_path):
     for name in os.listdir(tok_dir):
-        (tmp_path / name).write_bytes(open(os.path.join(tok_dir, name), "rb").read())
+        shutil.copy(os.path.join(tok_dir, name), tmp_path / name)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     config["add_bos_token"] = True
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))

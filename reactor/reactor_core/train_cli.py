@@ -70,7 +70,11 @@ def resolve_path(path: str, *, must_exist: bool = False) -> str:
 
 def config_from_flags(flag_values=FLAGS) -> config_lib.TrainingConfig:
     """The config of --config (if any) with every set flag applied and local paths resolved."""
-    base = config_lib.TrainingConfig.load(resolve_path(flag_values.config)) if flag_values.config else config_lib.TrainingConfig()
+    base = (
+        config_lib.TrainingConfig.load(resolve_path(flag_values.config))
+        if flag_values.config
+        else config_lib.TrainingConfig()
+    )
     overrides = {}
     for flag, flat in flag_to_field().items():
         value = flag_values[flag].value

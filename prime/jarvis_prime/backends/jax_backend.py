@@ -15,7 +15,8 @@ from jarvis_prime.errors import BackendUnavailableError, ModelNotAvailableError
 from jarvis_prime.sampling import Sampling
 from jarvis_prime.store import Store
 
-# Load big models' weights in bfloat16 when quantizing, so the float copy fits in memory.
+# Above this, weights are held in bfloat16 even on CPU (a float32 7B would need 27 GB);
+# they are upcast inside the step, which costs speed but fits the memory estimate.
 _FLOAT32_LIMIT_PARAMS = 2_000_000_000
 
 
@@ -46,7 +47,9 @@ def _device(device: str):
         return jax.devices(platform)[0]
     except RuntimeError:
         seen = sorted({d.platform for d in jax.devices()})
-        raise BackendUnavailableError(f"device={device!r}: JAX sees no {platform.upper()} here (it has {seen})") from None
+        raise BackendUnavailableError(
+            f"device={device!r}: JAX sees no {platform.upper()} here (it has {seen})"
+        ) from None
 
 
 class JaxBackend:
@@ -73,7 +76,7 @@ class JaxBackend:
         dev = _device(device)
         compute = "float32" if dev.platform == "cpu" else "bfloat16"
         params = _rough_params(hf_config)
-        storage = "bfloat16" if quantization and params > _FLOAT32_LIMIT_PARAMS else compute
+        storage = "bfloat16" if params > _FLOAT32_LIMIT_PARAMS else compute
         with jax.default_device(dev):
             model, _ = hf.load_hf_dir(path, dtype=compute, param_dtype=storage)
             if quantization is not None:
@@ -101,7 +104,6 @@ class JaxBackend:
                 yield int(step[0])
         finally:
             steps.close()
-
 
     def score(self, ids: list[int]):
         """One forward pass over `ids`: (log p(ids[t+1] | ids[:t+1]), argmax prediction) per t, each (T-1,)."""

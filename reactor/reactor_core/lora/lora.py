@@ -41,7 +41,9 @@ class LoRALinear(nnx.Module):
         bound = 1.0 / math.sqrt(n_in)
         a = jax.random.uniform(rngs.params(), (n_in, rank), jnp.float32, -bound, bound)
         self.lora_a = nnx.LoRAParam(a, out_sharding=(in_axis, None), eager_sharding=False)
-        self.lora_b = nnx.LoRAParam(jnp.zeros((rank, n_out), jnp.float32), out_sharding=(None, out_axis), eager_sharding=False)
+        self.lora_b = nnx.LoRAParam(
+            jnp.zeros((rank, n_out), jnp.float32), out_sharding=(None, out_axis), eager_sharding=False
+        )
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
     @property
@@ -75,7 +77,7 @@ def _linear_layers(model: nnx.Module, types) -> list[tuple[tuple, nnx.Module]]:
     return [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, types) and path]
 
 
-def _set_child(model: nnx.Module, path: tuple, child: nnx.Module) -> None:
+def set_child(model: nnx.Module, path: tuple, child: nnx.Module) -> None:
     parent = model
     for key in path[:-1]:
         parent = parent[key] if isinstance(key, int) else getattr(parent, key)
@@ -93,9 +95,12 @@ def quantize_base(model: nnx.Module, quant_config) -> nnx.Module:
     for path, linear in _linear_layers(model, nnx.Linear):
         if _in_decoder(path):
             q = QuantizedLinear.from_linear(
-                linear, mode=quant_config.mode, block_size=quant_config.block_size, double_quant=quant_config.double_quant
+                linear,
+                mode=quant_config.mode,
+                block_size=quant_config.block_size,
+                double_quant=quant_config.double_quant,
             )
-            _set_child(model, path, q)
+            set_child(model, path, q)
     return model
 
 
@@ -105,8 +110,10 @@ def apply_lora(model: nnx.Module, lora_config, *, rngs: nnx.Rngs) -> nnx.Module:
     wrapped = 0
     for path, linear in _linear_layers(model, (nnx.Linear, QuantizedLinear)):
         if _in_decoder(path) and path[-1] in targets:
-            layer = LoRALinear(linear, rank=lora_config.rank, scale=lora_config.scale, dropout=lora_config.dropout, rngs=rngs)
-            _set_child(model, path, layer)
+            layer = LoRALinear(
+                linear, rank=lora_config.rank, scale=lora_config.scale, dropout=lora_config.dropout, rngs=rngs
+            )
+            set_child(model, path, layer)
             wrapped += 1
     if not wrapped:
         raise ValueError(f"lora.targets {lora_config.targets} matched no linear layer of {type(model).__name__}")
@@ -157,5 +164,5 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
             merged = base
             kernel = base.kernel.get_value().astype(jnp.float32) + layer.delta()
             merged.kernel.set_value(kernel.astype(base.kernel.get_value().dtype))
-        _set_child(model, path, merged)
+        set_child(model, path, merged)
     return model

@@ -21,7 +21,9 @@ def _bytes(tree) -> int:
     return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def training_memory(model_config, lora_config, quant_config, *, dtype: str = "bfloat16", optimizer=None) -> dict[str, int]:
+def training_memory(
+    model_config, lora_config, quant_config, *, dtype: str = "bfloat16", optimizer=None
+) -> dict[str, int]:
     """Bytes of frozen base weights, trainable adapters and optimizer state (AdamW by default)."""
     import optax
 

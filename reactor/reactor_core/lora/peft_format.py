@@ -86,7 +86,9 @@ def load_adapter(model: nnx.Module, path: str) -> nnx.Module:
             if arr is None:
                 raise ValueError(f"{weights_path}: missing {tensor_name}")
             if arr.T.shape != var.get_value().shape:
-                raise ValueError(f"{weights_path}: {tensor_name} has shape {arr.shape}, expected {var.get_value().shape[::-1]}")
+                raise ValueError(
+                    f"{weights_path}: {tensor_name} has shape {arr.shape}, expected {var.get_value().shape[::-1]}"
+                )
             var.set_value(jnp.asarray(arr.T, jnp.float32))
     if tensors:
         raise ValueError(f"{weights_path}: {len(tensors)} tensor(s) match no LoRA layer, e.g. {sorted(tensors)[:2]}")

@@ -30,7 +30,7 @@ class QuantizedWeight(nnx.Variable):
     """Quantised base-weight storage. Not an nnx.Param: never trained, never in the optimizer."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nf4_levels() -> np.ndarray:
     """The 16 NF4 levels in [-1, 1], ascending, exactly one of them 0.
 
@@ -105,6 +105,51 @@ def dequantize_int8(q: dict[str, jax.Array], dtype) -> jax.Array:
     return (q["values"].astype(jnp.float32) * q["scale"][None, :]).astype(dtype)
 
 
+def _dequantize(arrays: dict[str, jax.Array], spec: tuple, gate=None) -> jax.Array:
+    mode, block_size, shape, dtype = spec
+    if gate is not None:  # select the integer arrays through a runtime-true predicate
+        big = "codes" if mode == "nf4" else "values"
+        arrays = {**arrays, big: jnp.where(gate, arrays[big], jnp.zeros_like(arrays[big]))}
+    if mode == "nf4":
+        return dequantize_nf4(arrays, shape, block_size=block_size, dtype=dtype)
+    return dequantize_int8(arrays, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def quantized_matmul(x: jax.Array, arrays: dict[str, jax.Array], spec: tuple) -> jax.Array:
+    """x @ dequantize(arrays); spec = (mode, block_size, (in, out), dtype).
+
+    The backward pass dequantises again instead of keeping the dense kernel alive from
+    the forward pass: autodiff would otherwise save every layer's float kernel for the
+    backward, i.e. a dense copy of the base, which is what QLoRA exists to avoid.
+    """
+    return _matmul_when_ready(x, arrays, spec, transpose=False)
+
+
+def _matmul_when_ready(x, arrays, spec, *, transpose: bool):
+    # A predicate that is true for every value of x (NaN included) but only known at run
+    # time makes this dequantisation depend on the activation: it cannot be hoisted, and
+    # the forward and backward copies are different expressions, so CSE cannot merge them
+    # into one dense kernel kept alive from the forward to the backward pass. (XLA:CPU
+    # removes optimization barriers before CSE, so a barrier would not do this.)
+    x0 = x.reshape(-1)[0]
+    gate = (x0 == x0) | (x0 != x0)
+    w = _dequantize(arrays, spec, gate=gate)  # (in, out)
+    return jnp.dot(x, w.T if transpose else w)
+
+
+def _quantized_matmul_fwd(x, arrays, spec):
+    return _matmul_when_ready(x, arrays, spec, transpose=False), arrays
+
+
+def _quantized_matmul_bwd(spec, arrays, g):
+    dx = _matmul_when_ready(g, arrays, spec, transpose=True)  # (..., in)
+    return dx, None  # the frozen quantised weights get no gradient
+
+
+quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
+
+
 class QuantizedLinear(nnx.Module):
     """A bias-free linear with a frozen quantised kernel (in, out), dequantised per call."""
 
@@ -115,25 +160,31 @@ class QuantizedLinear(nnx.Module):
         self.mode = mode
         self.block_size = block_size
         self.dtype = jnp.dtype(dtype or kernel.dtype)
-        arrays = quantize_nf4(kernel, block_size=block_size, double_quant=double_quant) if mode == "nf4" else quantize_int8(kernel)
+        if mode == "nf4":
+            arrays = quantize_nf4(kernel, block_size=block_size, double_quant=double_quant)
+        else:
+            arrays = quantize_int8(kernel)
         self.q = nnx.Dict({name: QuantizedWeight(value) for name, value in arrays.items()})
 
     @classmethod
     def from_linear(cls, linear: nnx.Linear, *, mode: str, block_size: int = 64, double_quant: bool = True):
         if linear.use_bias:
             raise ValueError("QuantizedLinear supports bias-free linears only (Llama has no biases)")
-        return cls(linear.kernel.get_value(), mode=mode, block_size=block_size, double_quant=double_quant, dtype=linear.dtype)
+        kernel = linear.kernel.get_value()
+        return cls(kernel, mode=mode, block_size=block_size, double_quant=double_quant, dtype=linear.dtype)
+
+    def _spec(self, dtype) -> tuple:
+        return (self.mode, self.block_size, (self.in_features, self.out_features), jnp.dtype(dtype))
+
+    def _arrays(self) -> dict[str, jax.Array]:
+        return {name: v.get_value() for name, v in self.q.items()}
 
     def dequantize(self, dtype=None) -> jax.Array:
         """The (in, out) kernel in `dtype` (default: the compute dtype)."""
-        arrays = {name: v.get_value() for name, v in self.q.items()}
-        dtype = dtype or self.dtype
-        if self.mode == "nf4":
-            return dequantize_nf4(arrays, (self.in_features, self.out_features), block_size=self.block_size, dtype=dtype)
-        return dequantize_int8(arrays, dtype)
+        return _dequantize(self._arrays(), self._spec(dtype or self.dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.dequantize())  # (..., out)
+        return quantized_matmul(x.astype(self.dtype), self._arrays(), self._spec(self.dtype))  # (..., out)
 
 
 def bits_per_weight(mode: str, *, block_size: int = 64, double_quant: bool = True) -> float:

@@ -52,8 +52,12 @@ def test_nf4_round_trip(double_quant):
 
 def test_double_quant_changes_scales_little():
     w = _weights()
-    plain = quant.dequantize_nf4(quant.quantize_nf4(w, block_size=64, double_quant=False), w.shape, block_size=64, dtype=jnp.float32)
-    dq = quant.dequantize_nf4(quant.quantize_nf4(w, block_size=64, double_quant=True), w.shape, block_size=64, dtype=jnp.float32)
+    plain = quant.dequantize_nf4(
+        quant.quantize_nf4(w, block_size=64, double_quant=False), w.shape, block_size=64, dtype=jnp.float32
+    )
+    dq = quant.dequantize_nf4(
+        quant.quantize_nf4(w, block_size=64, double_quant=True), w.shape, block_size=64, dtype=jnp.float32
+    )
     assert float(jnp.abs(plain - dq).max()) < 0.01 * float(jnp.abs(w).max())
 
 
@@ -74,6 +78,45 @@ def test_quantized_linear_inside_jit(mode):
     ref = x @ w
     cos = float(jnp.sum(y.astype(jnp.float32) * ref) / (jnp.linalg.norm(y.astype(jnp.float32)) * jnp.linalg.norm(ref)))
     assert cos > (0.99 if mode == "nf4" else 0.999)
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_gradient_matches_dense(mode):
+    layer = quant.QuantizedLinear(_weights((64, 32)), mode=mode, block_size=32)
+    x = jax.random.normal(jax.random.key(1), (3, 64))
+    g = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(layer(x)))))(x)
+    dense = layer.dequantize(jnp.float32)
+    np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(jnp.sin(x @ dense)))(x), atol=1e-6)
+
+
+def _grad_temp_bytes(mode: str) -> int:
+    from flax import nnx
+
+    from reactor_core.lora import lora
+    from reactor_core.models.config import LlamaConfig
+    from reactor_core.models.llama import Llama
+    from reactor_core.train.config import LoraConfig, QuantConfig
+
+    cfg = LlamaConfig.preset("tiny").replace(num_layers=6, hidden_size=256, intermediate_size=1024, num_kv_heads=4)
+
+    def build():
+        model = Llama(cfg, rngs=nnx.Rngs(0))
+        lora.quantize_base(model, QuantConfig(mode=mode))
+        lora.apply_lora(model, LoraConfig(rank=8), rngs=nnx.Rngs(1))
+        return model
+
+    graphdef, adapters, rest = nnx.split(nnx.eval_shape(build), lora.TRAINABLE, ...)
+    tokens = jax.ShapeDtypeStruct((2, 64), jnp.int32)
+    grad = jax.jit(jax.grad(lambda p, r, t: jnp.sum(nnx.merge(graphdef, p, r)(t))))
+    return grad.lower(adapters, rest, tokens).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_training_keeps_no_dense_copy_of_the_base(mode):
+    """Dequantised kernels live one at a time: the QLoRA step needs about the LoRA step's scratch."""
+    dense_kernels = 6 * (4 * 256 * 256 + 3 * 256 * 1024) * 4
+    extra = _grad_temp_bytes(mode) - _grad_temp_bytes("none")
+    assert extra < dense_kernels / 8, (extra, dense_kernels)
 
 
 def test_bits_per_weight():

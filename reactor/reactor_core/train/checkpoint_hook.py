@@ -8,6 +8,8 @@ and `extra` ({"data": iterator state}).
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 
@@ -44,8 +46,11 @@ class Checkpoint(Hook):
         run.outputs["checkpoints"] = self.directory
 
     def after_step(self, run: Run) -> None:
+        jax.block_until_ready(run.state)  # finish queued training steps before timing the pause
+        started = time.perf_counter()
         data = run.train_batches.state() if hasattr(run.train_batches, "state") else {}
         self.manager.save(run.step, plain_state(run.state), {"data": data})
+        run.paused_s += time.perf_counter() - started
 
     def end(self, run: Run) -> None:
         if self.manager is not None:
@@ -56,7 +61,9 @@ def restore_latest(directory: str, abstract_state, config=None):
     """(step, TrainState pytree with plain keys, extra dict) of the newest checkpoint, or None."""
     from reactor_core.ckpt.checkpoint import CheckpointManager
 
-    with CheckpointManager(directory, config=config.to_dict() if config else None, ignore_fields=RESUMABLE_CHANGES) as manager:
+    with CheckpointManager(
+        directory, config=config.to_dict() if config else None, ignore_fields=RESUMABLE_CHANGES
+    ) as manager:
         step = manager.latest_step()
         if step is None:
             return None

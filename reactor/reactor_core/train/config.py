@@ -375,7 +375,8 @@ class TrainingConfig:
         if self.quant.mode != "none" and not self.lora.enabled:
             raise ValueError(
                 f"TrainingConfig.quant.mode={self.quant.mode!r} needs lora.enabled=True: "
-                "a quantised base can only be trained through adapters (QLoRA). Allowed: quant.mode='none' or use_lora=True."
+                "a quantised base can only be trained through adapters (QLoRA). "
+                "Allowed: quant.mode='none', or use_lora=True."
             )
 
     def replace(self, **kwargs: Any) -> TrainingConfig:
@@ -427,7 +428,9 @@ def _flat_field(key: str) -> tuple[str, str]:
         return FLAT_FIELDS[key]
     close = difflib.get_close_matches(key, list(FLAT_FIELDS) + list(SECTIONS), n=3)
     hint = f"; did you mean {close}?" if close else ""
-    raise ValueError(f"TrainingConfig has no field {key!r}{hint} Fields: sections {list(SECTIONS)} or {sorted(FLAT_FIELDS)}")
+    raise ValueError(
+        f"TrainingConfig has no field {key!r}{hint} Fields: sections {list(SECTIONS)} or {sorted(FLAT_FIELDS)}"
+    )
 
 
 def default_of(flat_name: str):

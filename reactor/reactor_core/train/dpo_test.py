@@ -51,7 +51,9 @@ def test_lora_off_reference_equals_base_model_reference():
     np.testing.assert_allclose(objectives.reference_log_probs(base, rows), expected, rtol=1e-6)
     policy, _ = objectives.sequence_log_probs(base, rows)
     assert float(np.abs(np.asarray(policy) - np.asarray(expected)).max()) > 1e-3
-    loss, weight, metrics = objectives.dpo_objective(base, batch, None, beta=0.1, loss_type="sigmoid", label_smoothing=0.0)
+    loss, weight, metrics = objectives.dpo_objective(
+        base, batch, None, beta=0.1, loss_type="sigmoid", label_smoothing=0.0
+    )
     assert float(weight) == 2 and set(REWARDS) <= set(metrics)
 
 
@@ -78,7 +80,9 @@ def test_dpo_lora_raises_reward_accuracy(pref_data):
 def test_ipo_and_conservative_dpo_run(pref_data, loss_kwargs, tmp_path):
     _, data = pref_data
     config = TrainingConfig(
-        **testing_data.tiny_config_kwargs(str(tmp_path), mode="dpo", steps=2, eval_fraction=0.0, plot=False, **loss_kwargs)
+        **testing_data.tiny_config_kwargs(
+            str(tmp_path), mode="dpo", steps=2, eval_fraction=0.0, plot=False, **loss_kwargs
+        )
     )
     result = Trainer(config, tokenizer=tiny_tokenizer()).train(data)
     assert np.isfinite(result.metrics["train/loss"])

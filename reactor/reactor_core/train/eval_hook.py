@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import numpy as np
@@ -40,4 +41,8 @@ class Evaluate(Hook):
             run.emit(run.step, self.evaluate(run))
 
     def after_step(self, run: Run) -> None:
-        run.emit(run.step, self.evaluate(run))
+        jax.block_until_ready(run.state)  # finish queued training steps before timing the pause
+        started = time.perf_counter()
+        metrics = self.evaluate(run)
+        run.paused_s += time.perf_counter() - started
+        run.emit(run.step, metrics)

@@ -59,6 +59,9 @@ class Run:
     pending: list = dataclasses.field(default_factory=list)  # device metrics since the last log
     history: list = dataclasses.field(default_factory=list)  # every emitted record
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    warm_at: float | None = None  # when the first (compiling) step had finished
+    warm_tokens: int = 0  # tokens_seen at warm_at
+    paused_s: float = 0.0  # time hooks spent off the training path (eval, checkpoints)
     outputs: dict = dataclasses.field(default_factory=dict)  # name -> path, filled by hooks and the trainer
 
     def emit(self, step: int, metrics: dict[str, float]) -> None:

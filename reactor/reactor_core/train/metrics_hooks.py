@@ -20,10 +20,12 @@ class TrainMetrics(Hook):
         self.every_n_steps = every_n_steps
         self._last_time = None
         self._last_tokens = 0
+        self._last_paused = 0.0
 
     def start(self, run: Run) -> None:
         self._last_time = time.perf_counter()
         self._last_tokens = run.tokens_seen
+        self._last_paused = run.paused_s
 
     def after_step(self, run: Run) -> None:
         if not run.pending:
@@ -31,6 +33,9 @@ class TrainMetrics(Hook):
         host = jax.device_get(run.pending)  # one transfer for all steps since the last log
         run.pending.clear()
         now = time.perf_counter()
+        if run.warm_at is not None and run.warm_at > self._last_time:
+            # Leave compilation out of the rate: count from the end of the first step.
+            self._last_time, self._last_tokens, self._last_paused = run.warm_at, run.warm_tokens, run.paused_s
         out = {}
         for key in host[0]:
             if key == "weight":
@@ -40,8 +45,9 @@ class TrainMetrics(Hook):
             out["train/perplexity"] = math.exp(min(out["train/loss"], 50.0))
         tokens = run.tokens_seen - self._last_tokens
         out["train/tokens"] = float(run.tokens_seen)
-        out["train/tokens_per_sec"] = tokens / max(now - self._last_time, 1e-9)
-        self._last_time, self._last_tokens = now, run.tokens_seen
+        elapsed = now - self._last_time - (run.paused_s - self._last_paused)
+        out["train/tokens_per_sec"] = tokens / max(elapsed, 1e-9)
+        self._last_time, self._last_tokens, self._last_paused = now, run.tokens_seen, run.paused_s
         run.emit(run.step, out)
 
 

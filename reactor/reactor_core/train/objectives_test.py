@@ -20,7 +20,9 @@ def _inputs(b=3, t=7, v=50, seed=0):
 
 def test_token_log_probs_match():
     logits, targets, _ = _inputs()
-    np.testing.assert_allclose(objectives.token_log_probs(logits, targets), losses.token_log_probs(logits, targets), atol=1e-5)
+    np.testing.assert_allclose(
+        objectives.token_log_probs(logits, targets), losses.token_log_probs(logits, targets), atol=1e-5
+    )
 
 
 def test_cross_entropy_and_gradient_match():

@@ -37,7 +37,9 @@ def test_warmup_longer_than_run_is_clamped():
 
 
 def test_clipping_bounds_the_update():
-    cfg = OptimConfig(learning_rate=1.0, warmup_steps=0, schedule="constant", max_grad_norm=1.0, b1=0.0, b2=0.0, eps=0.0)
+    cfg = OptimConfig(
+        learning_rate=1.0, warmup_steps=0, schedule="constant", max_grad_norm=1.0, b1=0.0, b2=0.0, eps=0.0
+    )
     tx, _ = optim.build_optimizer(cfg, 10)
     params = {"w": jnp.zeros((3, 3))}
     grads = {"w": jnp.full((3, 3), 100.0)}

@@ -29,7 +29,7 @@ def _rows(n, t=16, seed=0):
     return rows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(dtype):
     model = Llama(CFG.replace(dtype=dtype, param_dtype=dtype), rngs=nnx.Rngs(0))
     lora.apply_lora(model, LoraConfig(rank=4), rngs=nnx.Rngs(1))

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Iterable
 
 import jax
@@ -51,14 +52,20 @@ class TrainResult:
 class Trainer:
     """Trains per a TrainingConfig. `model`/`tokenizer` may be given (tests, notebooks)."""
 
-    def __init__(self, config: TrainingConfig, *, model: nnx.Module | None = None, tokenizer=None, hooks: Iterable[Hook] = ()):
+    def __init__(
+        self, config: TrainingConfig, *, model: nnx.Module | None = None, tokenizer=None, hooks: Iterable[Hook] = ()
+    ):
         if not isinstance(config, TrainingConfig):
             raise TypeError(f"Trainer needs a TrainingConfig, got {type(config).__name__}")
         self.config = config
         self.model = model
         self.tokenizer = tokenizer
         self.extra_hooks = list(hooks)
-        num_params = base_model.num_params(config.model) if model is None else state_lib.count_params(nnx.state(model, nnx.Param))
+        num_params = (
+            base_model.num_params(config.model)
+            if model is None
+            else state_lib.count_params(nnx.state(model, nnx.Param))
+        )
         environment.check_can_train(config.model.name, num_params, force=config.run.force)
 
     # ---- setup ----
@@ -68,7 +75,9 @@ class Trainer:
         if self.model is not None:
             model, tokenizer, source = self.model, self.tokenizer, config.model.path or config.model.name
         else:
-            model, tokenizer, source = base_model.load_base(config.model, full_finetune=full, seed=config.run.seed)
+            model, tokenizer, source = base_model.load_base(
+                config.model, full_finetune=full, seed=config.run.seed, quant_config=config.quant
+            )
             tokenizer = self.tokenizer or tokenizer
         if tokenizer is None:
             raise ValueError("no tokenizer: model.path='random' needs Trainer(config, tokenizer=...)")
@@ -76,9 +85,8 @@ class Trainer:
         return model, tokenizer, source
 
     def _datasets(self, config: TrainingConfig, tokenizer):
-        from reactor_core.data import chat
+        from reactor_core.data import chat, iterator
         from reactor_core.data import dataset as dataset_lib
-        from reactor_core.data import iterator
 
         dc = config.data
         sft = config.run.mode == "sft"
@@ -89,7 +97,11 @@ class Trainer:
         train_set.stats.log_summary(log)
         train = batches_cls(train_set, dc, pad_id=pad_id, shuffle=dc.shuffle, repeat=True)
         train.stats = train_set.stats
-        rows = len(train_set) if not (sft and dc.pack) else _count_rows(batches_cls(train_set, dc, pad_id=pad_id, shuffle=False, repeat=False))
+        rows = (
+            len(train_set)
+            if not (sft and dc.pack)
+            else _count_rows(batches_cls(train_set, dc, pad_id=pad_id, shuffle=False, repeat=False))
+        )
         eval_batches = []
         if dc.eval_path or dc.eval_fraction > 0:
             eval_set = build(dc, tokenizer, split="eval")
@@ -121,7 +133,9 @@ class Trainer:
 
     # ---- the run ----
 
-    def train(self, data: str | os.PathLike | None = None, *, eval_data: str | os.PathLike | None = None) -> TrainResult:
+    def train(
+        self, data: str | os.PathLike | None = None, *, eval_data: str | os.PathLike | None = None
+    ) -> TrainResult:
         """Trains on `data` (JSONL; overrides config.data.path) and returns metrics and output paths."""
         overrides = {}
         if data is not None:
@@ -158,7 +172,9 @@ class Trainer:
         objective = objectives.make_objective(config.run, config.dpo)
         train_step = make_train_step(split, objective, tx, schedule)
 
-        run = Run(config=config, output_dir=config.run.output_dir, total_steps=total_steps, state=train_state, split=split)
+        run = Run(
+            config=config, output_dir=config.run.output_dir, total_steps=total_steps, state=train_state, split=split
+        )
         run.reference = reference
         run.train_batches = train_batches
         run.outputs["config"] = paths["config"]
@@ -172,7 +188,9 @@ class Trainer:
             hooks.append(Evaluate(make_eval_step(split, objective), eval_batches, every_n_steps=config.run.eval_every))
         if config.checkpoint.every_n_steps:
             directory = os.path.abspath(config.checkpoint.dir or paths["checkpoints"])
-            hooks.append(Checkpoint(directory, every_n_steps=config.checkpoint.every_n_steps, keep=config.checkpoint.keep))
+            hooks.append(
+                Checkpoint(directory, every_n_steps=config.checkpoint.every_n_steps, keep=config.checkpoint.keep)
+            )
         if config.run.plot:
             hooks.append(LossCurve(paths["plot"]))
         run.hooks = hooks + self.extra_hooks
@@ -185,6 +203,9 @@ class Trainer:
             run.step += 1
             run.tokens_seen += objectives.batch_tokens(batch)
             run.pending.append(metrics)
+            if run.warm_at is None:  # the first step compiled: rates are measured from here
+                jax.block_until_ready(metrics)
+                run.warm_at, run.warm_tokens = time.perf_counter(), run.tokens_seen
             for hook in run.hooks:
                 if hook.due(run):
                     hook.after_step(run)

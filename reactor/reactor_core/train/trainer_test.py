@@ -115,10 +115,27 @@ def test_bad_lines_name_file_and_line_or_are_skipped(tmp_path):
     kwargs = testing_data.tiny_config_kwargs(str(tmp_path), eval_fraction=0.0, plot=False, num_epochs=2)
     with pytest.raises(DataError, match=r"bad\.jsonl:7"):
         Trainer(TrainingConfig(**kwargs), tokenizer=tiny_tokenizer()).train(data)
-    result = Trainer(TrainingConfig(**kwargs, skip_bad_lines=True), tokenizer=tiny_tokenizer()).train(data)
+    trainer = Trainer(TrainingConfig(**kwargs, skip_bad_lines=True), tokenizer=tiny_tokenizer())
+    result = trainer.train(data)
     assert result.data_stats["bad_lines"] == 1 and result.data_stats["examples"] == 39
     assert result.steps == math.ceil(39 * 2 / 8)  # num_epochs -> steps (one example per row)
     assert "eval/loss" not in result.metrics
+    # A second call keeps training the same adapters.
+    again = trainer.train(data)
+    assert again.metrics["train/loss"] < result.initial_metrics["train/loss"]
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_qlora_trains_and_exports(tmp_path, quant):
+    data = testing_data.write_chat(str(tmp_path / "train.jsonl"), n=64)
+    kwargs = testing_data.tiny_config_kwargs(
+        str(tmp_path), quantize=quant, quant_block_size=32, steps=6, log_every=1, plot=False, export_merged=True
+    )
+    result = Trainer(TrainingConfig(**kwargs), tokenizer=tiny_tokenizer()).train(data)
+    losses = [r["train/loss"] for r in result.history if "train/loss" in r]
+    assert losses[-1] < losses[0]
+    assert result.metrics["eval/loss"] < result.initial_metrics["eval/loss"]
+    assert {"config.json", "model.safetensors"} <= set(os.listdir(result.outputs["merged"]))
 
 
 def test_no_data_is_a_clear_error(tmp_path):
