@@ -123,12 +123,12 @@ class Trainer:
                 seed=config.run.seed,
                 tokenizer=False,
             )
-        elif config.lora.enabled:
+            split.reference_graphdef, ref_state = nnx.split(ref_model)
+            return ref_state
+        if config.lora.enabled:
             return None
-        else:
-            ref_model = model  # full fine-tuning: a copy of the starting weights
-        graphdef, ref_state = nnx.split(ref_model)
-        split.reference_graphdef = graphdef
+        # Full fine-tuning: the starting weights, copied (the trained ones are donated each step).
+        split.reference_graphdef, ref_state = nnx.split(model)
         return jax.tree.map(jnp.copy, ref_state)
 
     # ---- the run ----
