@@ -17,6 +17,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from typing import Any
 
 from reactor_core.formats import gguf_io
@@ -81,6 +82,24 @@ def _load_tokenizer(path: str, gguf_file: str | None = None):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _writable_cache(preferred: str) -> str:
+    """`preferred`, or a temp-dir cache (with a warning) when it cannot be written."""
+    try:
+        os.makedirs(preferred, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    fallback = os.path.join(tempfile.gettempdir(), "ironcliw-reactor-cache")
+    warnings.warn(
+        f"cache directory {preferred} is not writable; converting into {fallback} instead. "
+        "Set REACTOR_CACHE to a writable directory to keep the converted model.",
+        stacklevel=3,
+    )
+    os.makedirs(fallback, exist_ok=True)
+    return fallback
+
+
 def converted_dir(gguf_path: str, cache_dir: str | None = None) -> str:
     """The cached HF directory converted from `gguf_path`, converting it on first use."""
     stat = os.stat(gguf_path)
@@ -89,7 +108,9 @@ def converted_dir(gguf_path: str, cache_dir: str | None = None) -> str:
     target = os.path.join(cache_dir or cache_root(), f"{stem}-{key}")
     if os.path.exists(os.path.join(target, "config.json")):
         return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    target = os.path.join(_writable_cache(os.path.dirname(target)), os.path.basename(target))
+    if os.path.exists(os.path.join(target, "config.json")):
+        return target
     tmp = tempfile.mkdtemp(prefix=f".{stem}-", dir=os.path.dirname(target))
     try:
         model, _ = gguf_io.load_gguf(gguf_path)  # float32: dequantized values are kept exactly
