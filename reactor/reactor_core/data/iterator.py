@@ -27,29 +27,18 @@ def sft_batches(config, tokenizer, *, split="train"):
     The returned iterator's `stats` (DataStats) tells what was read, skipped and dropped.
     """
     data = dataset_lib.build_sft_dataset(config, tokenizer, split=split)
-    train = split == "train"
-    batches = SFTBatches(
-        data,
-        config,
-        pad_id=chat.pad_token_id(tokenizer),
-        shuffle=config.shuffle and train,
-        repeat=train,
-    )
-    batches.stats = data.stats
-    return batches
+    return _batches(SFTBatches, data, config, tokenizer, split)
 
 
 def preference_batches(config, tokenizer, *, split="train"):
     """Like sft_batches, for preference pairs (DPO)."""
     data = dataset_lib.build_preference_dataset(config, tokenizer, split=split)
+    return _batches(PreferenceBatches, data, config, tokenizer, split)
+
+
+def _batches(cls, data, config, tokenizer, split):
     train = split == "train"
-    batches = PreferenceBatches(
-        data,
-        config,
-        pad_id=chat.pad_token_id(tokenizer),
-        shuffle=config.shuffle and train,
-        repeat=train,
-    )
+    batches = cls(data, config, pad_id=chat.pad_token_id(tokenizer), shuffle=config.shuffle and train, repeat=train)
     batches.stats = data.stats
     return batches
 
