@@ -62,7 +62,7 @@ def resolve_path(path: str, *, must_exist: bool = False) -> str:
     base = os.environ.get("BUILD_WORKING_DIRECTORY")
     if not path or not base or os.path.isabs(path) or "://" in path:
         return path
-    joined = os.path.join(base, path)
+    joined = os.path.normpath(os.path.join(base, path))
     if must_exist and not os.path.exists(joined):
         return path  # a catalogue name such as prime-135m-chat, not a file
     return joined

@@ -1,9 +1,11 @@
 """Real runs on SmolLM2-135M-Instruct (prime-135m-chat) with the chatterbot corpus, CPU-sized.
 
+Both use the default numerics: bfloat16 compute, float32 adapter master weights.
 SFT: LoRA (r=16 on q, k, v, o) for 12 steps of 8 x 128 packed tokens must lower the
-held-out loss by at least MIN_EVAL_LOSS_DROP nats.
+held-out loss by at least MIN_EVAL_LOSS_DROP nats (measured: 2.24 -> 1.75).
 DPO: LoRA on preference pairs built from the same corpus (reference = adapters off) must
-raise held-out reward accuracy above 0.5 (it is 0 before training: all rewards are 0).
+raise held-out reward accuracy above 0.5 (before training every reward is ~0; measured:
+0.00 -> 0.76 on the 55 held-out pairs).
 """
 
 import os
@@ -27,7 +29,6 @@ def corpus(tmp_path_factory):
 def _common(tmp_path, **kwargs):
     return dict(
         model_name="prime-135m-chat",
-        dtype="float32",
         use_lora=True,
         lora_rank=16,
         lora_targets="q,k,v,o",
