@@ -8,6 +8,10 @@ The only module Python code imports; `_mlforge` (C++ via pybind11) stays private
     blocks = mlforge.gguf_quantize(x, "Q8_0")                          # == gguf.quants.quantize
     x_hat = mlforge.gguf_dequantize(blocks, "Q8_0", x.shape)
     packed = mlforge.pack(tokens, lengths, seq_len=2048)                # -> PackResult
+    y = mlforge.qmatmul(x, wq, scales, bits=4, group_size=64)           # weight-only int4/int8
+
+Inside jitted JAX code use `mlforge.jax_ops` (XLA FFI) instead; importing mlforge does
+not import jax.
 
 Bad arguments raise ValueError naming the argument. Kernels release the GIL and use
 all cores for large inputs (env MLFORGE_NUM_THREADS caps the threads).
@@ -29,6 +33,7 @@ __all__ = [
     "gguf_dequantize",
     "gguf_quantize",
     "pack",
+    "qmatmul",
     "quantize",
     "runtime_info",
 ]
@@ -160,6 +165,18 @@ def pack(
         _array(tokens, "tokens"), _array(lengths, "lengths"), seq_len, mask, bool(truncate), pad_id
     )
     return PackResult(*out)
+
+
+def qmatmul(x: Any, wq: Any, scales: Any, *, bits: int, group_size: int) -> np.ndarray:
+    """y (M, O) = x (M, I) @ W.T for weight-only quantized W (layout: mlforge/qmatmul.h).
+
+    x float32 (M, I); wq int8 (O, I) for bits=8 or uint8 (O, I / 2) for bits=4;
+    scales float32 (O, I / group_size). W[o, i] = q[o, i] * scales[o, i // group_size].
+    Meant for few rows (decode); `mlforge.jax_ops.quantize_weight` makes wq and scales.
+    """
+    x, wq, scales = _array(x, "x"), _array(wq, "wq"), _array(scales, "scales")
+    bits, group_size = _int_arg(bits, "bits"), _int_arg(group_size, "group_size")
+    return _mlforge.qmatmul(x, wq, scales, bits, group_size)
 
 
 def runtime_info() -> dict[str, Any]:

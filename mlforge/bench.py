@@ -2,10 +2,20 @@
 
     bazel run //mlforge:bench
     bazel run //mlforge:bench -- --size=2048 --repeats=3
+    bazel run //mlforge:bench -- --gemv          # decode GEMV: MLForge int8/int4 vs XLA
 
 Quantize/dequantize rows report GB/s of float32 data (the input of quantize, the output
 of dequantize) on a size x size matrix with group_size 64; best of --repeats runs.
 Packing reports tokens/s on 1M sequences of random lengths 1..64 into rows of 1024.
+
+--gemv times y = x @ W for one activation row on SmolLM2-135M's shapes (in x out), as
+jitted JAX: MLForge's FFI kernel on int8/int4 weights, XLA's dequantize + dot on the same
+weights (what QuantizedLinear did before), and XLA's float32 dot. GB/s counts the bytes
+each one must read (int8: 1 per weight, int4: 1/2, float32: 4, plus scales), so equal
+GB/s on int4 means 8x the float32 speed. Each call cycles through enough copies of the
+weights (>= 48 MB) that they stream from memory, as in decode. Then a table of
+microseconds per call for 1..64 rows shows where dequantize + dot catches up (the
+crossover QuantizedLinear uses).
 """
 
 from __future__ import annotations
@@ -163,11 +173,124 @@ def format_table(rows: list[Row]) -> list[str]:
     return [line(header), "-" * len(line(header))] + [line(r) for r in rows]
 
 
+GEMV_SHAPES = [(576, 576), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
+GEMV_GROUP = {8: None, 4: 64}  # as Prime's "8bit" / "4bit" (int8 per channel)
+STREAM_BYTES = 48 << 20
+
+
+def _gemv_fns(n_in: int, n_out: int, bits: int | None, rows: int):
+    """(jitted fn, its args, bytes read per matmul, copies) for one method and shape."""
+    import jax
+    import jax.numpy as jnp
+
+    from mlforge import jax_ops
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n_in, n_out), dtype=np.float32) * 0.05
+    x = jnp.asarray(rng.standard_normal((rows, n_in), dtype=np.float32))
+    if bits is None:
+        nbytes = w.nbytes
+        copies = max(1, min(64, -(-STREAM_BYTES // nbytes)))
+        ws = [jnp.asarray(w + np.float32(k)) for k in range(copies)]
+        return jax.jit(lambda x, ws: [x @ w for w in ws]), (x, ws), nbytes, copies, None
+    group = GEMV_GROUP[bits] or n_in
+    wq, scales = jax_ops.quantize_weight(w, bits=bits, group_size=group)
+    nbytes = wq.nbytes + scales.nbytes
+    copies = max(1, min(256, -(-STREAM_BYTES // nbytes)))
+    qs = [(wq + 0, scales * (1 + k)) for k in range(copies)]  # distinct buffers
+
+    def ours(x, qs):
+        return [jax_ops.qmatmul(x, q, s, bits=bits, group_size=group) for q, s in qs]
+
+    def xla(x, qs):
+        return [x @ jax_ops.dequantize_weight(q, s, bits=bits, group_size=group).T for q, s in qs]
+
+    return jax.jit(ours), (x, qs), nbytes, copies, jax.jit(xla)
+
+
+def _per_call(fn, args, copies: int, repeats: int) -> float:
+    import jax
+
+    return best_seconds(lambda: jax.block_until_ready(fn(*args)), repeats) / copies
+
+
+def gemv_rows(repeats: int) -> list[Row]:
+    rows: list[Row] = []
+    for n_in, n_out in GEMV_SHAPES:
+        cells = {}
+        for bits in (8, 4):
+            ours, args, nbytes, copies, xla = _gemv_fns(n_in, n_out, bits, 1)
+            cells[bits] = (
+                gb_per_s(nbytes, _per_call(ours, args, copies, repeats)),
+                gb_per_s(nbytes, _per_call(xla, args, copies, repeats)),
+            )
+        f32, args, nbytes, copies, _ = _gemv_fns(n_in, n_out, None, 1)
+        rows.append(
+            (
+                f"{n_in}x{n_out}",
+                cells[8][0],
+                cells[4][0],
+                cells[8][1],
+                cells[4][1],
+                gb_per_s(nbytes, _per_call(f32, args, copies, repeats)),
+            )
+        )
+    return rows
+
+
+def crossover_rows(repeats: int, shape=(576, 1536)) -> list[Row]:
+    rows: list[Row] = []
+    for m in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        cells = []
+        for bits in (8, 4):
+            ours, args, _, copies, xla = _gemv_fns(*shape, bits, m)
+            cells += [_per_call(ours, args, copies, repeats), _per_call(xla, args, copies, repeats)]
+        rows.append((str(m), *(f"{t * 1e6:.1f}" for t in cells)))
+    return rows
+
+
+def format_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r) -> str:
+        return "  ".join(
+            c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)
+        )
+
+    return [line(header), "-" * len(line(header))] + [line(r) for r in rows]
+
+
+def main_gemv(repeats: int) -> None:
+    import jax
+
+    info = mlforge.runtime_info()
+    print(
+        f"GEMV, 1 row, float32 activations: GB/s of weight bytes read (higher is better); "
+        f"isa={info['isa']}, threads={info['threads']}, jax {jax.__version__}, best of {repeats}"
+    )
+    header = (
+        "in x out",
+        "MLForge int8",
+        "MLForge int4",
+        "XLA deq+dot int8",
+        "XLA deq+dot int4",
+        "XLA f32 dot",
+    )
+    print("\n".join(format_columns(header, gemv_rows(repeats))))
+    print("\nus per call on 576x1536 by activation rows (lower is better)")
+    header = ("rows", "MLForge int8", "XLA deq+dot int8", "MLForge int4", "XLA deq+dot int4")
+    print("\n".join(format_columns(header, crossover_rows(repeats))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096, help="matrix is size x size float32")
     parser.add_argument("--repeats", type=int, default=5, help="best of this many timed runs")
+    parser.add_argument("--gemv", action="store_true", help="decode GEMV table (JAX) instead")
     args = parser.parse_args()
+    if args.gemv:
+        main_gemv(args.repeats)
+        return
     mx.set_default_device(mx.cpu)
     info = mlforge.runtime_info()
     rows = run(args.size, args.repeats)

@@ -15,6 +15,7 @@
 #include "mlforge/gguf_codec.h"
 #include "mlforge/pack.h"
 #include "mlforge/parallel.h"
+#include "mlforge/qmatmul.h"
 #include "mlforge/quant.h"
 
 namespace py = pybind11;
@@ -328,6 +329,49 @@ py::tuple pack_py(const py::object& tokens_obj, const py::object& lengths_obj, i
                         plan.padding_fraction());
 }
 
+// --- weight-only quantized matmul (layout in qmatmul.h) ------------------------------
+
+py::array qmatmul_py(const py::object& x_obj, const py::object& wq_obj,
+                     const py::object& scales_obj, int bits, int64_t group_size) {
+  py::array x = as_array(x_obj, "x");
+  py::array wq = as_array(wq_obj, "wq");
+  py::array scales = as_array(scales_obj, "scales");
+  require_ndim(x, "x", 2, "2-D (rows, in)");
+  require_ndim(wq, "wq", 2, "2-D (out, packed in)");
+  require_ndim(scales, "scales", 2, "2-D (out, in / group_size)");
+  py::array_t<float> xc = require_dtype<float>(x, "x", 'f', "float32");
+  py::array_t<float> sc = require_dtype<float>(scales, "scales", 'f', "float32");
+  if (bits == 8 && !is_kind(wq, 'i', 1)) {
+    throw std::invalid_argument("wq must have dtype int8 for bits=8; got " + dtype_str(wq));
+  }
+  if (bits == 4 && !is_kind(wq, 'u', 1)) {
+    throw std::invalid_argument("wq must have dtype uint8 for bits=4; got " + dtype_str(wq));
+  }
+  const QMatmulShape shape{x.shape(0), x.shape(1), wq.shape(0), bits, group_size};
+  check_qmatmul_shape(shape);
+  const int64_t packed = bits == 8 ? shape.in : shape.in / 2;
+  if (wq.shape(1) != packed || scales.shape(0) != shape.out ||
+      scales.shape(1) != shape.in / group_size) {
+    throw std::invalid_argument("for x " + shape_str(x) + ", bits=" + std::to_string(bits) +
+                                ", group_size=" + std::to_string(group_size) + ": wq must be (" +
+                                std::to_string(shape.out) + ", " + std::to_string(packed) +
+                                ") and scales (" + std::to_string(shape.out) + ", " +
+                                std::to_string(shape.in / group_size) + "); got " +
+                                shape_str(wq) + " and " + shape_str(scales));
+  }
+  py::array wqc = py::array::ensure(wq, py::array::c_style);
+  py::array_t<float> y(Shape{shape.rows, shape.out});
+  const float* xp = xc.data();
+  const void* wp = wqc.data();
+  const float* sp = sc.data();
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    qmatmul(shape, xp, wp, sp, yp);
+  }
+  return y;
+}
+
 Isa parse_isa(const std::string& name) {
   if (name == "scalar") return Isa::kScalar;
   if (name == "avx2") return Isa::kAvx2;
@@ -362,6 +406,8 @@ PYBIND11_MODULE(_mlforge, m) {
         py::arg("shape") = py::none());
   m.def("pack", &pack_py, py::arg("tokens"), py::arg("lengths"), py::arg("seq_len"),
         py::arg("loss_mask"), py::arg("truncate"), py::arg("pad_id"));
+  m.def("qmatmul", &qmatmul_py, py::arg("x"), py::arg("wq"), py::arg("scales"), py::arg("bits"),
+        py::arg("group_size"));
   m.def("runtime_info", [] {
     py::dict info;
     info["isa"] = isa_name(active_isa());

@@ -7,6 +7,8 @@ It creates a virtual environment (without system site-packages) on the host `pyt
   @pyenv//:<package>          one py_library per locked distribution, for requirement()
   @pyenv//:python_headers     the interpreter's C headers (for pybind11 extensions)
   @pyenv//:pybind11_headers   pybind11's headers from the locked wheel
+  @pyenv//:xla_ffi_headers    XLA's FFI API headers from the locked jaxlib wheel (header-only;
+                              what jax.ffi.include_dir() points at), for jax.ffi handlers
 
 The venv lives in this external repository; py_runtime points at it by path, so tests
 do not copy the tens of thousands of files of jax and torch into their runfiles.
@@ -73,13 +75,20 @@ def _python_env_impl(rctx):
     _run(rctx, pip + ["-r", str(nodeps_lock)], "pip install -r " + str(nodeps_lock))
 
     paths = _run(rctx, [vpython, "-c", "\n".join([
-        "import sysconfig, pybind11",
+        "import importlib.util, os, sysconfig, pybind11",
         "print(sysconfig.get_paths()['include'])",
         "print(pybind11.get_include())",
         "print(sysconfig.get_config_var('EXT_SUFFIX'))",
+        # jaxlib's own include dir, located without importing jax (slow).
+        "spec = importlib.util.find_spec('jaxlib')",
+        "print(os.path.join(os.path.dirname(spec.origin), 'include') if spec else '')",
     ])], "locating headers").stdout.splitlines()
     rctx.symlink(paths[0], "python_include")
     rctx.symlink(paths[1], "pybind11_include")
+    if paths[3]:
+        rctx.symlink(paths[3], "jaxlib_include")
+    else:
+        rctx.file("jaxlib_include/README", "jaxlib is not in the lock; xla_ffi_headers is empty\n")
 
     names = _locked_names(rctx.read(lock)) + _locked_names(rctx.read(nodeps_lock))
     libs = "\n".join([
@@ -121,6 +130,12 @@ cc_library(
     hdrs = glob(["pybind11_include/**/*.h"]),
     includes = ["pybind11_include"],
     deps = [":python_headers"],
+)
+
+cc_library(
+    name = "xla_ffi_headers",
+    hdrs = glob(["jaxlib_include/xla/ffi/api/*.h"]),
+    includes = ["jaxlib_include"],
 )
 
 # One target per locked distribution. The packages live in the venv the toolchain runs;

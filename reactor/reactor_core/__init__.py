@@ -11,6 +11,7 @@ __version__ = "1.0.0"
 _LAZY = {
     "Trainer": "reactor_core.train.trainer",
     "TrainingConfig": "reactor_core.train.config",
+    "Preempted": "reactor_core.train.hooks",
 }
 
 

@@ -6,7 +6,9 @@
 Same converted weights, same chat prompt, greedy, a fixed number of new tokens (EOS
 ignored), float32 and bfloat16. Prints prompt (prefill) tokens/s, time to first token and
 decode tokens/s side by side, the speed-up, and the memory-bandwidth bound: weight bytes
-read per decoded token against the measured copy bandwidth of this machine.
+read per decoded token against the measured copy bandwidth of this machine. A second table
+times prefill alone on a long prompt (`--long_prompt` tokens, 0 = skip), where attention
+and padding matter more than on the short chat prompt.
 """
 
 from __future__ import annotations
@@ -87,10 +89,36 @@ def bench_torch(path: str, ids: list[int], new_tokens: int, dtype: str, threads:
     return Row("transformers", dtype, len(ids), len(ids) / ttft, ttft, (new_tokens - 1) / (total - ttft))
 
 
+def long_prefill(bundle, ids: list[int], dtype: str, threads: int | None, repeats: int = 3) -> tuple[float, float]:
+    """(transformers, reactor JAX) prompt tokens/s over one long prompt: best time to first token."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(bundle.path, dtype=getattr(torch, dtype)).eval()
+    inputs = torch.tensor([ids])
+    best_torch = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(inputs, max_new_tokens=1, do_sample=False, pad_token_id=0)
+        best_torch = min(best_torch, time.perf_counter() - start)
+    del model
+    gen = Generator(bundle.model)
+    gen.generate([ids], max_new_tokens=1, stop_ids=[])  # compiles
+    best_jax = min(gen.generate([ids], max_new_tokens=1, stop_ids=[]).stats.prefill_s for _ in range(repeats))
+    return len(ids) / best_torch, len(ids) / best_jax
+
+
 def run(
-    new_tokens: int = 128, dtypes: tuple[str, ...] = ("float32", "bfloat16"), torch_threads: int | None = None
+    new_tokens: int = 128,
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    torch_threads: int | None = None,
+    long_prompt: int = 512,
 ) -> list[Row]:
     rows = []
+    long_rows = []
     bandwidth = copy_bandwidth_gbs()
     bounds = {}
     for dtype in dtypes:
@@ -101,6 +129,10 @@ def run(
         bounds[dtype] = (weight_bytes, bandwidth * 1e9 / weight_bytes)
         rows.append(bench_torch(bundle.path, ids, new_tokens, dtype, torch_threads))
         rows.append(bench_jax(bundle, ids, new_tokens, dtype))
+        if long_prompt:
+            text = " ".join([PROMPT] * (long_prompt // 8))
+            long_ids = list(bundle.tokenizer(text, add_special_tokens=False)["input_ids"])[:long_prompt]
+            long_rows.append((dtype, len(long_ids), *long_prefill(bundle, long_ids, dtype, torch_threads)))
         del bundle
     print(f"\nSmolLM2-135M-Instruct, greedy, {new_tokens} new tokens, prompt {rows[0].prompt_tokens} tokens\n")
     print("| engine | dtype | prefill tok/s | TTFT ms | decode tok/s | decode vs transformers |")
@@ -114,6 +146,11 @@ def run(
             f"\nfloat32 decode vs the peer's transformers {PEER_FLOAT32_DECODE_TPS} tok/s: "
             f"{ours.decode_tps / PEER_FLOAT32_DECODE_TPS:.2f}x (goal 1.5x)"
         )
+    if long_rows:
+        print("\n| prefill only | dtype | prompt tokens | transformers tok/s | reactor JAX tok/s | JAX vs transformers |")
+        print("|---|---|---:|---:|---:|---:|")
+        for dtype, n, torch_tps, jax_tps in long_rows:
+            print(f"| long prompt | {dtype} | {n} | {torch_tps:.0f} | {jax_tps:.0f} | {jax_tps / torch_tps:.2f}x |")
     print(f"copy bandwidth (read+write): {bandwidth:.1f} GB/s")
     for dtype, (nbytes, bound) in bounds.items():
         jax_row = next(r for r in rows if r.engine == "reactor JAX" and r.dtype == dtype)
@@ -129,8 +166,9 @@ def main():
     parser.add_argument("--new_tokens", type=int, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--torch_threads", type=int, default=None, help="default: torch's own choice")
+    parser.add_argument("--long_prompt", type=int, default=512, help="prefill-only prompt length; 0 = skip")
     args = parser.parse_args()
-    run(args.new_tokens, tuple(args.dtypes.split(",")), args.torch_threads)
+    run(args.new_tokens, tuple(args.dtypes.split(",")), args.torch_threads, args.long_prompt)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,56 @@ def test_catalogue_names_and_urls_are_not_paths(parse):
     assert config.model.path == "random"
 
 
+def test_mesh_flag(parse):
+    config = parse("--mesh=data:2,fsdp:2,tensor:2", "--mesh_strategy=fsdp_tp")
+    assert config.mesh == config_lib.MeshConfig(data=2, fsdp=2, tensor=2, strategy="fsdp_tp")
+    config = parse("--mesh=data:2,fsdp:-1", "--mesh_fsdp=4")  # a flat flag overrides one axis
+    assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.strategy) == (2, 4, 1, "fsdp")
+    assert parse("--mesh_strategy=dp").mesh == config_lib.MeshConfig(strategy="dp")
+
+
+@pytest.mark.parametrize(
+    "flag, words",
+    [
+        ("--mesh=data:2,pipe:2", ["--mesh=data:2,pipe:2", "bad entry 'pipe:2'"]),
+        ("--mesh=tensor:2", ["--mesh=tensor:2", "MeshConfig.tensor", "--mesh_strategy=fsdp_tp"]),
+        ("--mesh=data:x", ["--mesh=data:x", "size of 'data' must be an int"]),
+    ],
+)
+def test_bad_mesh_flag_names_the_flag(parse, flag, words):
+    with pytest.raises(ValueError) as e:
+        parse(flag)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_multihost_flags_then_env(parse, monkeypatch):
+    for prefix in ("REACTOR", "JAX"):
+        for name in ("COORDINATOR_ADDRESS", "NUM_PROCESSES", "PROCESS_ID"):
+            monkeypatch.delenv(f"{prefix}_{name}", raising=False)
+    parse()
+    assert not train_cli.distributed_from_flags().explicit  # nothing set: one process
+    parse("--coordinator_address=10.0.0.2:8476", "--num_processes=4", "--process_id=3")
+    cfg = train_cli.distributed_from_flags()
+    assert (cfg.coordinator_address, cfg.num_processes, cfg.process_id) == ("10.0.0.2:8476", 4, 3)
+    monkeypatch.setenv("REACTOR_COORDINATOR_ADDRESS", "10.0.0.9:1234")
+    monkeypatch.setenv("REACTOR_NUM_PROCESSES", "2")
+    monkeypatch.setenv("REACTOR_PROCESS_ID", "1")
+    parse("--process_id=0")  # a flag wins over its variable
+    cfg = train_cli.distributed_from_flags()
+    assert (cfg.coordinator_address, cfg.num_processes, cfg.process_id) == ("10.0.0.9:1234", 2, 0)
+    parse("--process_id=5")
+    with pytest.raises(ValueError, match=r"--process_id.*process_id must be in \[0, 2\)"):
+        train_cli.distributed_from_flags()
+
+
+def test_bad_multihost_flags_exit_before_training(parse):
+    train_cli.FLAGS.unparse_flags()
+    train_cli.FLAGS(["train", "--coordinator_address=10.0.0.2:8476", "--data=x.jsonl"])
+    with pytest.raises(SystemExit, match="--coordinator_address.*missing"):
+        train_cli.main(["train"])
+
+
 def test_bad_value_exits_with_the_field(parse):
     with pytest.raises(SystemExit, match="optim.schedule"):
         train_cli.FLAGS.unparse_flags()

@@ -35,16 +35,21 @@ class MeshConfig:
         for name in AXES:
             size = getattr(self, name)
             if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
-                raise ValueError(f"MeshConfig.{name} must be a positive int or -1 (the rest), got {size!r}")
+                raise ValueError(
+                    f"MeshConfig.{name} (--mesh={name}:N or --mesh_{name}) must be a positive int or -1 "
+                    f"(the rest), got {size!r}"
+                )
         auto = [name for name in AXES if getattr(self, name) == -1]
         if len(auto) > 1:
-            raise ValueError(f"MeshConfig: only one axis may be -1, got {auto}")
+            raise ValueError(f"MeshConfig: only one axis may be -1, got {auto}; give the others sizes in --mesh")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"MeshConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ValueError(
+                f"MeshConfig.strategy (--mesh_strategy) must be one of {STRATEGIES}, got {self.strategy!r}"
+            )
         if self.tensor not in (1, -1) and self.strategy != "fsdp_tp":
             raise ValueError(
                 f"MeshConfig.tensor is {self.tensor} but strategy {self.strategy!r} does not split over "
-                "`tensor`: use strategy='fsdp_tp' or tensor=1"
+                "`tensor`: use strategy='fsdp_tp' (--mesh_strategy=fsdp_tp) or tensor=1"
             )
 
     @classmethod

@@ -27,6 +27,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -153,6 +154,37 @@ def opt_state_shardings(opt_state, params, param_sh, mesh):
     return jax.tree.map_with_path(one, opt_state)
 
 
+def place(tree, shardings):
+    """device_put(tree, shardings) that also works with several processes.
+
+    Single process: plain device_put. Several: every process holds the same full values
+    (same seed, same checkpoint) and fills only its own devices' slices, so nothing is
+    gathered and nothing checks equality across hosts (device_put would, per leaf).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def one(x, sharding):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            impl = jax.random.key_impl(x)
+            return jax.random.wrap_key_data(one(jax.random.key_data(x), sharding), impl=impl)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
+
+
+def gather(tree, mesh):
+    """The tree resharded to fully replicated arrays (a collective: every process calls it),
+    so each process can read whole values, e.g. to export them."""
+    return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
+def batch_ways(mesh) -> int:
+    """How many ways the batch is split: data x fsdp."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
 def batch_sharding(mesh, ndim: int = 2, batch_axis: int = 0) -> NamedSharding:
     """The batch axis split over data x fsdp, the others (length, micro-batch...) unsplit."""
     spec = [None] * ndim
@@ -167,7 +199,7 @@ def shard_batch(batch: Mapping[str, Any], mesh, *, batch_axis: int = 0) -> dict[
     Works with several processes: each one only materializes the slices of its own devices,
     so every process must hold the same global batch (deterministic loader, same seed).
     """
-    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    ways = batch_ways(mesh)
 
     def one(path, value):
         value = np.asarray(value)

@@ -5,12 +5,17 @@
         ...
     result = gen.generate([prompt_ids], max_new_tokens=64)      # result.tokens, result.stats
 
-Compilation is bounded by buckets. A prompt of P tokens is left-padded to the next bucket
-Pb (powers of two from 32), and the cache to Sb = bucket(Pb + max_new_tokens). One prefill
-program exists per (batch, Pb, Sb) and one decode program per (batch, Sb). A 1,000-token
-conversation that re-sends its growing history each turn with max_new_tokens=128 touches
-Pb in {32..1024} (6 buckets) and Sb in {256, 512, 1024, 2048}: at most 6 prefill and 4
-decode compiles however many turns it takes (`generate_test.py` counts them).
+Compilation is bounded by buckets. A prompt of P tokens is left-padded to the next prompt
+bucket Pb (16, 24, 32, 48, 64, 96, 128, 192, ...: powers of two and 1.5x them, so padding
+wastes at most a third), and the cache to Sb = the power of two >= max(Pb + max_new_tokens, 32).
+One prefill program exists per (batch, Pb, Sb) and one decode program per (batch, Sb). A
+1,000-token conversation that re-sends its growing history each turn (90-token user messages,
+30-token replies) with max_new_tokens=128 touches Pb in {128, 256, 384, 512, 768, 1024} and
+Sb in {256, 512, 1024, 2048}: at most 6 prefill and 4 decode compiles however many turns it
+takes (`generate_test.py` counts them).
+
+Prefill attends over the prompt alone and runs the LM head on its last slot only
+(`Llama.prefill`); decode runs one token against the whole cache, which is donated.
 """
 
 from __future__ import annotations
@@ -25,13 +30,23 @@ import numpy as np
 from flax import nnx
 
 from reactor_core.generation.sampling import SamplingConfig, select
-from reactor_core.models.kv_cache import KVCache
 
-MIN_BUCKET = 32
+MIN_BUCKET = 16  # smallest prompt bucket
+MIN_CACHE = 32  # smallest cache
 
 
 def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The smallest power of two >= max(n, minimum)."""
+    """The smallest size >= max(n, minimum) among minimum * 2^k and 1.5 * minimum * 2^k (prompt lengths)."""
+    size = minimum
+    while True:
+        for candidate in (size, size * 3 // 2):
+            if candidate >= n:
+                return candidate
+        size *= 2
+
+
+def cache_bucket(n: int, minimum: int = MIN_CACHE) -> int:
+    """The smallest power of two >= max(n, minimum) (cache lengths: few decode programs)."""
     size = minimum
     while size < n:
         size *= 2
@@ -62,18 +77,19 @@ class GenerationResult:
     stats: GenerationStats
 
 
-def _prefill(graphdef, state, tokens, positions, segments, cache, key, values, flags):
+def _prefill(graphdef, state, tokens, positions, segments, max_length, key, values, flags):
     model = nnx.merge(graphdef, state)
-    logits, cache = model.forward_with_cache(tokens, positions=positions, segment_ids=segments, cache=cache)
+    logits, cache = model.prefill(tokens, positions=positions, segment_ids=segments, max_length=max_length)
     seen = None
     if flags[4]:
         rows = jnp.arange(tokens.shape[0])[:, None]  # (B, 1)
         seen = jnp.zeros((tokens.shape[0], logits.shape[-1]), bool).at[rows, tokens].max(segments > 0)  # (B, V)
     key, sub = jax.random.split(key)
-    token = select(logits[:, -1], sub, seen, values, flags)  # (B,)
+    token = select(logits, sub, seen, values, flags)  # (B,)
     if seen is not None:
         seen = seen.at[jnp.arange(tokens.shape[0]), token].set(True)
-    return token, cache, key, seen
+    next_pos = positions[:, -1] + 1  # (B,) every row's last prompt token sits in the last slot
+    return token, next_pos, cache, key, seen
 
 
 def _decode(graphdef, state, token, positions, cache, key, seen, values, flags):
@@ -86,7 +102,7 @@ def _decode(graphdef, state, token, positions, cache, key, seen, values, flags):
     token = select(logits[:, -1], sub, seen, values, flags)  # (B,)
     if seen is not None:
         seen = seen.at[jnp.arange(token.shape[0]), token].set(True)
-    return token, cache, key, seen
+    return token, positions + 1, cache, key, seen
 
 
 class Generator:
@@ -95,10 +111,11 @@ class Generator:
     def __init__(self, model, *, min_bucket: int = MIN_BUCKET):
         self.config = model.config
         self.graphdef, self.state = nnx.split(model)
-        self.min_bucket = min_bucket
+        self.min_bucket = min_bucket  # smallest prompt bucket
         self._traces = {"prefill": 0, "decode": 0}
-        self.prefill_fn = jax.jit(self._counted("prefill", _prefill), static_argnums=(0, 8), donate_argnums=(5,))
-        self.decode_fn = jax.jit(self._counted("decode", _decode), static_argnums=(0, 8), donate_argnums=(4, 6))
+        self.prefill_fn = jax.jit(self._counted("prefill", _prefill), static_argnums=(0, 5, 8))
+        # The cache and the seen-mask are rewritten in place step after step.
+        self.decode_fn = jax.jit(self._counted("decode", _decode), static_argnums=(0, 8), donate_argnums=(3, 4, 6))
         self.last_stats = GenerationStats()
 
     def _counted(self, name, fn):
@@ -133,7 +150,7 @@ class Generator:
         batch = len(prompts)
         lengths = np.array([len(p) for p in prompts])
         p_len = bucket(int(lengths.max()), self.min_bucket)
-        s_len = bucket(p_len + max_new_tokens, self.min_bucket)
+        s_len = cache_bucket(p_len + max_new_tokens)
         tokens = np.zeros((batch, p_len), np.int32)
         segments = np.zeros((batch, p_len), np.int32)
         for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in the last slot
@@ -145,20 +162,16 @@ class Generator:
         stats = GenerationStats(prompt_tokens=int(lengths.sum()))
         self.last_stats = stats
         flags, values = sampling.flags, sampling.values()
-        cache = KVCache.init(self.config, batch, s_len)
-        key = jax.random.key(sampling.seed)
         start = time.perf_counter()
-        token, cache, key, seen = self.prefill_fn(
-            self.graphdef, self.state, tokens, positions, segments, cache, key, values, flags
+        key = jax.random.key(sampling.seed)
+        token, next_pos, cache, key, seen = self.prefill_fn(
+            self.graphdef, self.state, tokens, positions, segments, s_len, key, values, flags
         )
         done = np.zeros(batch, bool)
-        next_pos = lengths.astype(np.int32)
         for step in range(max_new_tokens):
             pending = None
             if step + 1 < max_new_tokens:  # dispatch the next step before reading this one (overlap)
-                pending = self.decode_fn(
-                    self.graphdef, self.state, token, jnp.asarray(next_pos), cache, key, seen, values, flags
-                )
+                pending = self.decode_fn(self.graphdef, self.state, token, next_pos, cache, key, seen, values, flags)
             host = np.asarray(token)
             now = time.perf_counter()
             if step == 0:
@@ -171,8 +184,7 @@ class Generator:
             yield out
             if done.all() or pending is None:
                 return
-            token, cache, key, seen = pending
-            next_pos = next_pos + 1
+            token, next_pos, cache, key, seen = pending
 
     def generate(
         self,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from reactor_core.generation.generate import Generator, bucket
+from reactor_core.generation.generate import Generator, bucket, cache_bucket
 from reactor_core.generation.sampling import SamplingConfig
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.llama import Llama
@@ -73,15 +73,19 @@ def test_compiles_stay_bounded_over_a_1000_token_conversation(model):
     while len(history) + 90 <= 1000:  # each turn re-sends the history plus a user message
         history += [9] * 90
         out = gen.generate([history], max_new_tokens=128, stop_ids=[2])
-        shapes.add((bucket(len(history)), bucket(bucket(len(history)) + 128)))
+        shapes.add((bucket(len(history)), cache_bucket(bucket(len(history)) + 128)))
         history += out.tokens[0][:30] + [2] * (30 - len(out.tokens[0][:30]))  # a 30-token reply
     prefills, decodes = gen.compile_counts()
     assert prefills == len(shapes) <= 6
     assert decodes == len({s for _, s in shapes}) <= 4
 
 
-def test_bucket():
-    assert [bucket(n) for n in (1, 32, 33, 100, 1000)] == [32, 32, 64, 128, 1024]
+def test_buckets():
+    sizes = (1, 16, 17, 25, 45, 100, 129, 257, 385, 1000)
+    assert [bucket(n) for n in sizes] == [16, 16, 24, 32, 48, 128, 192, 384, 512, 1024]
+    for n in range(1, 5000):  # padding wastes at most a third of a bucket
+        assert n <= bucket(n) and (bucket(n) <= 16 or bucket(n) - n < bucket(n) / 3)
+    assert [cache_bucket(n) for n in (1, 32, 33, 100, 1000)] == [32, 32, 64, 128, 1024]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,32 @@ def attention_mask(
     return (causal & same)[:, None, None]  # (B, 1, 1, T, S)
 
 
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int, dtype) -> jax.Array:
+    """Attention in query blocks of `block` slots, one block after another (a loop, compiled once).
+
+    q (B, T, KVH, G, D), k/v (B, S, KVH, D), mask (B, 1, 1, T, S) -> (B, T, KVH, G, D); T must
+    be a multiple of `block`. The same arithmetic as the plain formulation, but each block's
+    (block, S) score tile stays in cache: XLA:CPU otherwise streams a long prompt's full (T, S)
+    scores through memory several times per layer, which costs more than the matmuls.
+    """
+    b, t, kvh, g, d = q.shape
+    n = t // block
+    qb = jnp.transpose(q.reshape(b, n, block, kvh, g, d), (1, 0, 3, 4, 2, 5))  # (N, B, KVH, G, C, D)
+    mb = jnp.moveaxis(mask.reshape(b, 1, 1, n, block, -1), 3, 0)  # (N, B, 1, 1, C, S)
+    kh = jnp.transpose(k, (0, 2, 1, 3))  # (B, KVH, S, D)
+    vh = jnp.transpose(v, (0, 2, 1, 3)).astype(dtype)  # (B, KVH, S, D)
+
+    def one(args):
+        q_block, m_block = args
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q_block, kh, preferred_element_type=jnp.float32)  # (B, KVH, G, C, S)
+        scores = jnp.where(m_block, scores * (d**-0.5), _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)  # (B, KVH, G, C, S)
+        return jnp.einsum("bkgts,bksd->bkgtd", probs, vh)  # (B, KVH, G, C, D)
+
+    out = jax.lax.map(one, (qb, mb))  # (N, B, KVH, G, C, D)
+    return jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(b, t, kvh, g, d)  # (B, T, KVH, G, D)
+
+
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
     """jax.lax.dot_general, except that half-precision matmuls on CPU run as float32.
 
@@ -72,8 +98,14 @@ class Attention(nnx.Module):
         sin: jax.Array,
         mask: jax.Array,
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """x (B, T, E); cache = (keys, values, index) of this layer. Returns (out, new keys/values)."""
+        query_block: int = 0,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x (B, T, E); cache = (keys, values, index) of this layer.
+
+        Returns (out, keys/values): the updated cache (B, S, KVH, D) each, or without a cache this
+        call's own rotated keys and values (B, T, KVH, D), which prefill stores and training drops.
+        query_block > 0 (prefill of a long prompt) runs `blocked_attention`.
+        """
         b, t, _ = x.shape
         d, kvh = self.head_dim, self.num_kv_heads
         groups = self.num_heads // kvh
@@ -83,13 +115,15 @@ class Attention(nnx.Module):
         q = axes.constrain(apply_rope(q, cos, sin), (axes.BATCH, axes.LENGTH, axes.HEADS, axes.HEAD_DIM))
         k = axes.constrain(apply_rope(k, cos, sin), (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
         v = axes.constrain(v, (axes.BATCH, axes.LENGTH, axes.KV_HEADS, axes.HEAD_DIM))
-        new_kv = None
         if cache is not None:
             cache_k, cache_v, index = cache
             k = kv_cache.write(cache_k, k, index)  # (B, S, KVH, D)
             v = kv_cache.write(cache_v, v, index)  # (B, S, KVH, D)
-            new_kv = (k, v)
+        new_kv = (k, v)
         q = q.reshape(b, t, kvh, groups, d)  # (B, T, KVH, G, D)
+        if query_block:
+            out = blocked_attention(q, k, v, mask, query_block, self.dtype)  # (B, T, KVH, G, D)
+            return self.o_proj(out.reshape(b, t, self.num_heads * d)), new_kv
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)  # (B, KVH, G, T, S)
         scores = scores * (d**-0.5)
         scores = jnp.where(mask, scores, _MASKED)

@@ -34,6 +34,20 @@ class KVCache:
             index=jnp.zeros((), jnp.int32),
         )
 
+    @classmethod
+    def from_prompt(
+        cls, kv: list[tuple[jax.Array, jax.Array]], segment_ids: jax.Array, max_length: int, dtype
+    ) -> KVCache:
+        """A cache holding a prompt's per-layer (keys, values) (B, T, KVH, D) in slots 0..T-1, index T."""
+        t = segment_ids.shape[1]
+        pad = ((0, 0), (0, max_length - t), (0, 0), (0, 0))
+        return cls(
+            keys=tuple(jnp.pad(k.astype(dtype), pad) for k, _ in kv),
+            values=tuple(jnp.pad(v.astype(dtype), pad) for _, v in kv),
+            segment_ids=jnp.pad(segment_ids.astype(jnp.int32), ((0, 0), (0, max_length - t))),  # (B, S)
+            index=jnp.asarray(t, jnp.int32),
+        )
+
     @property
     def max_length(self) -> int:
         return self.segment_ids.shape[1]

@@ -21,6 +21,10 @@ from reactor_core.models.kv_cache import KVCache
 from reactor_core.models.norms import RMSNorm
 from reactor_core.models.rope import inverse_frequencies, rope_tables
 
+# Prompts longer than this run prefill attention in query blocks of this many slots
+# (`blocked_attention`; every prompt bucket past it is a multiple).
+PREFILL_QUERY_BLOCK = 128
+
 
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
@@ -45,8 +49,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def __call__(self, x, cos, sin, mask, cache=None, query_block=0):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, query_block)
         x = x + attn  # (B, T, E)
         x = x + self.mlp(self.post_attention_layernorm(x))  # (B, T, E)
         return axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), new_kv
@@ -100,8 +104,8 @@ class Llama(nnx.Module):
         positions = slots if positions is None else positions
         segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
         mask = attention_mask(slots, segment_ids, slots, segment_ids)  # (B, 1, 1, T, T)
-        logits, _ = self._forward(tokens, positions, mask, cache=None)
-        return logits
+        x, _ = self._forward(tokens, positions, mask, cache=None)
+        return self._logits(x)
 
     def forward_with_cache(
         self, tokens: jax.Array, *, positions: jax.Array, segment_ids: jax.Array, cache: KVCache
@@ -114,7 +118,8 @@ class Llama(nnx.Module):
         )  # (B, S)
         k_slots = jnp.broadcast_to(jnp.arange(cache.max_length, dtype=jnp.int32), (b, cache.max_length))  # (B, S)
         mask = attention_mask(q_slots, segment_ids, k_slots, cache_segments)  # (B, 1, 1, T, S)
-        logits, new_kv = self._forward(tokens, positions, mask, cache=cache)
+        x, new_kv = self._forward(tokens, positions, mask, cache=cache)
+        logits = self._logits(x)
         new_cache = KVCache(
             keys=tuple(k for k, _ in new_kv),
             values=tuple(v for _, v in new_kv),
@@ -123,7 +128,32 @@ class Llama(nnx.Module):
         )
         return logits, new_cache
 
-    def _forward(self, tokens, positions, mask, cache: KVCache | None):
+    def prefill(
+        self, tokens: jax.Array, *, positions: jax.Array, segment_ids: jax.Array, max_length: int
+    ) -> tuple[jax.Array, KVCache]:
+        """Reads a prompt (B, T) into a new cache of `max_length` slots; returns (logits (B, V), cache).
+
+        Generation's first step, made cheap: attention spans the T prompt slots only, not the whole
+        cache (in query blocks past PREFILL_QUERY_BLOCK), and the LM head runs on the last slot only,
+        the one sampling reads (left padding puts every row's last token there). Equals
+        `forward_with_cache` on an empty cache at that slot.
+        """
+        b, t = tokens.shape
+        if max_length < t:
+            raise ValueError(f"max_length={max_length} must hold the {t}-token prompt")
+        slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))  # (B, T)
+        mask = attention_mask(slots, segment_ids, slots, segment_ids)  # (B, 1, 1, T, T)
+        x, new_kv = self._forward(tokens, positions, mask, cache=None, prefill=True)
+        logits = self._logits(x[:, -1:])[:, 0]  # (B, V)
+        cache = KVCache.from_prompt(new_kv, segment_ids, max_length, jnp.dtype(self.config.dtype))
+        return logits, cache
+
+    def _forward(self, tokens, positions, mask, cache: KVCache | None, prefill: bool = False):
+        """Embedding and decoder layers -> (hidden (B, T, E) before the final norm, per-layer keys/values).
+
+        Keys/values come back with a cache (the updated cache arrays) or with prefill (this call's
+        own; long prompts attend in query blocks).
+        """
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         x = self.model.embed_tokens(tokens)  # (B, T, E)
@@ -135,15 +165,23 @@ class Llama(nnx.Module):
             if cache is not None:
                 x, kv = layer(x, cos, sin, mask, (cache.keys[i], cache.values[i], cache.index))
                 new_kv.append(kv)
+            elif prefill:
+                blocked = tokens.shape[1] > PREFILL_QUERY_BLOCK and tokens.shape[1] % PREFILL_QUERY_BLOCK == 0
+                x, kv = layer(x, cos, sin, mask, query_block=PREFILL_QUERY_BLOCK if blocked else 0)
+                new_kv.append(kv)
             elif cfg.remat:
                 x = nnx.remat(_call_layer)(layer, x, cos, sin, mask)
             else:
                 x, _ = layer(x, cos, sin, mask)
+        return x, new_kv
+
+    def _logits(self, x: jax.Array) -> jax.Array:
+        """Final norm and LM head: hidden (B, T, E) -> float32 logits (B, T, V)."""
+        cfg = self.config
         x = self.model.norm(x)  # (B, T, E)
         if cfg.tie_word_embeddings:
             table = self.model.embed_tokens.embedding[...].astype(x.dtype)  # (V, E)
             logits = dot_general(x, table, (((2,), (1,)), ((), ())))  # (B, T, V)
         else:
             logits = self.lm_head(x)  # (B, T, V)
-        logits = axes.constrain(logits.astype(jnp.float32), (axes.BATCH, axes.LENGTH, axes.VOCAB))
-        return logits, new_kv
+        return axes.constrain(logits.astype(jnp.float32), (axes.BATCH, axes.LENGTH, axes.VOCAB))

@@ -10,7 +10,7 @@ from reactor_core.formats.hf import load_hf_dir, save_hf_dir
 from reactor_core.models import reference_testing as ref
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.kv_cache import KVCache
-from reactor_core.models.llama import Llama
+from reactor_core.models.llama import PREFILL_QUERY_BLOCK, Llama
 
 # float32 vs PyTorch: max |diff| / max |logit| observed ~4e-7 on tiny configs.
 TOLERANCE = 1e-5
@@ -55,6 +55,53 @@ def test_cached_decode_equals_full_recompute():
         )
         np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
     assert int(cache.index) == 12
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-tied"])
+def test_prefill_equals_full_forward_at_the_last_slot(preset):
+    config = LlamaConfig.preset(preset)
+    model = Llama(config, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(ref.random_tokens(256, (2, 12)))
+    segments = jnp.asarray([[1] * 12, [0] * 4 + [1] * 8])  # row 1 left-padded by 4
+    positions = jnp.asarray([list(range(12)), [0] * 4 + list(range(8))])
+    logits, cache = model.prefill(tokens, positions=positions, segment_ids=segments, max_length=16)
+    assert logits.shape == (2, 256) and cache.max_length == 16 and int(cache.index) == 12
+    np.testing.assert_allclose(logits[0], model(tokens[:1])[0, -1], atol=1e-5)
+    np.testing.assert_allclose(logits[1], model(tokens[1:, 4:])[0, -1], atol=1e-5)
+    # The same cache as the general path leaves, so decoding carries on from it unchanged.
+    full, want = model.forward_with_cache(
+        tokens, positions=positions, segment_ids=segments, cache=KVCache.init(config, batch=2, max_length=16)
+    )
+    np.testing.assert_allclose(logits, full[:, -1], atol=1e-5)
+    real = np.asarray(want.segment_ids != 0)  # (B, S); padding slots hold junk that attention never reads
+    for got, expected in zip(cache.keys + cache.values, want.keys + want.values):
+        np.testing.assert_allclose(np.asarray(got)[real], np.asarray(expected)[real], atol=1e-5)
+    np.testing.assert_array_equal(cache.segment_ids, want.segment_ids)
+    nxt = jnp.argmax(logits, axis=-1)[:, None]  # (B, 1)
+    step, _ = model.forward_with_cache(
+        nxt, positions=positions[:, -1:] + 1, segment_ids=jnp.ones((2, 1), jnp.int32), cache=cache
+    )
+    np.testing.assert_allclose(step[0, 0], model(jnp.concatenate([tokens[:1], nxt[:1]], 1))[0, -1], atol=1e-5)
+    with pytest.raises(ValueError, match="max_length=8"):
+        model.prefill(tokens, positions=positions, segment_ids=segments, max_length=8)
+
+
+def test_long_prefill_in_query_blocks_equals_full_forward():
+    config = LlamaConfig.preset("tiny")
+    model = Llama(config, rngs=nnx.Rngs(0))
+    t, pad = 2 * PREFILL_QUERY_BLOCK, 37  # two query blocks; row 1 left-padded across the first
+    tokens = jnp.asarray(ref.random_tokens(256, (2, t), seed=3))
+    segments = jnp.asarray([[1] * t, [0] * pad + [1] * (t - pad)])
+    positions = jnp.asarray([list(range(t)), [0] * pad + list(range(t - pad))])
+    logits, cache = model.prefill(tokens, positions=positions, segment_ids=segments, max_length=t + 8)
+    np.testing.assert_allclose(logits[0], model(tokens[:1])[0, -1], atol=1e-5)
+    np.testing.assert_allclose(logits[1], model(tokens[1:, pad:])[0, -1], atol=1e-5)
+    _, want = model.forward_with_cache(
+        tokens, positions=positions, segment_ids=segments, cache=KVCache.init(config, batch=2, max_length=t + 8)
+    )
+    real = np.asarray(want.segment_ids != 0)
+    for got, expected in zip(cache.keys, want.keys):
+        np.testing.assert_allclose(np.asarray(got)[real], np.asarray(expected)[real], atol=1e-5)
 
 
 def test_remat_gives_same_logits_and_grads():

@@ -1,11 +1,15 @@
+import math
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from mlforge import jax_ops
 from reactor_core.generation.generate import Generator
+from reactor_core.models import quant
 from reactor_core.models import reference_testing as ref
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.llama import Llama
@@ -34,6 +38,58 @@ def test_quantized_model_runs_and_generates(bits):
     assert ref.max_rel_diff(model(tokens), reference) < (0.02 if bits == 8 else 0.3)
     out = Generator(model).generate([[5, 6, 7]], max_new_tokens=4)
     assert len(out.tokens[0]) == 4
+
+
+@pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32), (4, 64)])
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 4), (1, 8), (3, 100)])  # last: 300 rows, dequantize + dot
+def test_call_matches_float_reference_of_dequantized_weights(bits, group_size, lead):
+    kernel = jnp.asarray(np.random.RandomState(0).randn(128, 80).astype(np.float32))
+    layer = QuantizedLinear(kernel, bits=bits, group_size=group_size, dtype=jnp.float32)
+    x = np.random.RandomState(1).randn(*lead, 128).astype(np.float32)
+    y = np.asarray(nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x)))
+    want = x.astype(np.float64) @ np.asarray(layer.dequantized()).astype(np.float64)  # (..., O)
+    assert y.shape == (*lead, 80)
+    assert (math.prod(lead) <= quant.KERNEL_MAX_ROWS) == (lead != (3, 100))
+    np.testing.assert_allclose(y, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_decode_runs_the_kernel_and_matches_the_dequantized_path(bits, monkeypatch):
+    config = LlamaConfig.preset("tiny")
+    model = quantize_model(Llama(config, rngs=nnx.Rngs(0)), bits=bits, group_size=32)
+    tokens = jnp.asarray(ref.random_tokens(256, (1, 6)))
+    rows = []
+    real = jax_ops.qmatmul
+
+    def counting(x, *args, **kwargs):
+        rows.append(math.prod(x.shape[:-1]))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(jax_ops, "qmatmul", counting)
+    logits_kernel = nnx.jit(lambda m, t: m(t))(model, tokens)  # 6 rows: every linear on the kernel
+    fast = Generator(model).generate([[5, 6, 7], [9, 10]], max_new_tokens=5)
+    assert rows and max(rows) <= quant.KERNEL_MAX_ROWS
+    assert 2 in rows  # the decode step (batch 2, one token each) went through the kernel
+
+    monkeypatch.setattr(quant, "KERNEL_MAX_ROWS", 0)  # everything on dequantize + XLA dot
+    n_kernel_calls = len(rows)
+    logits_xla = nnx.jit(lambda m, t: m(t))(model, tokens)
+    slow = Generator(model).generate([[5, 6, 7], [9, 10]], max_new_tokens=5)
+    assert len(rows) == n_kernel_calls
+    scale = float(jnp.abs(logits_xla).max())
+    np.testing.assert_allclose(np.asarray(logits_kernel), np.asarray(logits_xla), rtol=0, atol=1e-5 * scale)
+    assert fast.tokens == slow.tokens
+
+
+def test_bfloat16_layer_uses_the_kernel_in_float32():
+    kernel = jnp.asarray(np.random.RandomState(0).randn(64, 32).astype(np.float32))
+    layer = QuantizedLinear(kernel, bits=8, group_size=None, dtype=jnp.bfloat16)
+    x = jnp.asarray(np.random.RandomState(1).randn(2, 64), jnp.bfloat16)
+    y = jax.jit(lambda x: layer(x))(x)
+    assert y.dtype == jnp.bfloat16
+    w = np.asarray(layer.dequantized().astype(jnp.float32))
+    want = np.asarray(x.astype(jnp.float32)) @ w
+    np.testing.assert_allclose(np.asarray(y.astype(jnp.float32)), want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
 
 
 def test_bad_group_size_is_rejected():

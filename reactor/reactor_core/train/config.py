@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from reactor_core.data.config import DataConfig
+from reactor_core.dist.mesh import MeshConfig  # the one mesh config: axis sizes + sharding strategy
 
 DTYPES = ("float32", "bfloat16")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -229,32 +230,21 @@ class DPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    """Checkpoints every N steps (0 = final only); dir empty = <output_dir>/checkpoints."""
+    """Checkpoints every N steps and at the end (0 = none); dir empty = <output_dir>/checkpoints.
+
+    resume: a run whose dir holds a complete checkpoint continues from it (off: such a dir
+    is refused rather than overwritten). dir may be gs://BUCKET/PATH.
+    """
 
     dir: str = ""
     every_n_steps: int = 0
     keep: int = 3
+    resume: bool = True
 
     def __post_init__(self):
         _check_min("checkpoint", "every_n_steps", self.every_n_steps, 0)
         _check_min("checkpoint", "keep", self.keep, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Device mesh axis sizes; -1 takes the devices the other axes leave (at most one)."""
-
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-
-    def __post_init__(self):
-        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
-        for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
-                _fail("mesh", name, f"must be -1 or an int >= 1, got {value!r}")
-        if list(sizes.values()).count(-1) > 1:
-            _fail("mesh", "data", "only one mesh axis may be -1")
+        _check_bool("checkpoint", "resume", self.resume)
 
 
 SECTIONS = {
@@ -325,9 +315,11 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "checkpoint_dir": ("checkpoint", "dir"),
     "checkpoint_every": ("checkpoint", "every_n_steps"),
     "checkpoint_keep": ("checkpoint", "keep"),
+    "checkpoint_resume": ("checkpoint", "resume"),
     "mesh_data": ("mesh", "data"),
     "mesh_fsdp": ("mesh", "fsdp"),
     "mesh_tensor": ("mesh", "tensor"),
+    "mesh_strategy": ("mesh", "strategy"),
 }
 # A string given for these sections sets this field.
 SHORTHAND = {"model": "name", "quant": "mode"}
@@ -354,6 +346,8 @@ class TrainingConfig:
             value = kwargs.pop(name, None)
             if value is None:
                 value = cls()
+            elif isinstance(value, str) and name == "mesh":
+                value = _parse_mesh(value, kwargs.get("mesh_strategy"))  # mesh="data:2,fsdp:-1,tensor:1"
             elif isinstance(value, str) and name in SHORTHAND:
                 value = cls(**{SHORTHAND[name]: value})  # model="llama-2-7b", quant="nf4"
             elif isinstance(value, dict):
@@ -408,6 +402,14 @@ class TrainingConfig:
     def flat(self) -> dict[str, Any]:
         """Flat name -> value, for every leaf field."""
         return {key: getattr(getattr(self, s), f) for key, (s, f) in FLAT_FIELDS.items()}
+
+
+def _parse_mesh(spec: str, strategy: str | None) -> MeshConfig:
+    """mesh="data:2,fsdp:-1,tensor:1" (the --mesh flag's syntax); strategy from mesh_strategy."""
+    try:
+        return MeshConfig.parse(spec, strategy=MeshConfig.strategy if strategy is None else strategy)
+    except ValueError as e:
+        raise ValueError(f"TrainingConfig.mesh={spec!r}: {e}") from None
 
 
 def section_from_dict(name: str, value: dict[str, Any]):

@@ -94,6 +94,37 @@ def test_defaults_live_in_the_dataclasses():
     assert all(flat[k] == config_lib.default_of(k) or k == "lora_targets" for k in flat)
 
 
+def test_mesh_section_is_dist_mesh_config():
+    from reactor_core.dist import mesh as mesh_lib
+
+    assert config_lib.SECTIONS["mesh"] is mesh_lib.MeshConfig
+    assert TrainingConfig().mesh == mesh_lib.MeshConfig()
+    config = TrainingConfig(mesh="data:2,fsdp:2,tensor:2", mesh_strategy="fsdp_tp")
+    assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.strategy) == (2, 2, 2, "fsdp_tp")
+    assert config.flat()["mesh_strategy"] == "fsdp_tp"
+    config = TrainingConfig(mesh_data=2, mesh_fsdp=-1, mesh_strategy="dp")  # the flat fields still work
+    assert config.mesh == mesh_lib.MeshConfig(data=2, fsdp=-1, tensor=1, strategy="dp")
+    assert TrainingConfig.from_dict(json.loads(config.to_json())) == config
+    # A config.json from before the strategy field still loads (the default strategy).
+    assert TrainingConfig.from_dict({"mesh": {"data": -1, "fsdp": 1, "tensor": 1}}).mesh.strategy == "fsdp"
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(mesh="data:2,pipe:2"), ["TrainingConfig.mesh='data:2,pipe:2'", "bad entry 'pipe:2'"]),
+        (dict(mesh="tensor:2"), ["MeshConfig.tensor", "--mesh_strategy=fsdp_tp"]),
+        (dict(mesh_strategy="zero3"), ["MeshConfig.strategy", "--mesh_strategy", "fsdp_tp"]),
+        (dict(mesh_tensor=0), ["MeshConfig.tensor", "--mesh_tensor"]),
+    ],
+)
+def test_mesh_errors_name_the_field(kwargs, words):
+    with pytest.raises(ValueError) as e:
+        TrainingConfig(**kwargs)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
 def test_replace_keeps_other_fields():
     config = TrainingConfig(lora_rank=4).replace(data_path="x.jsonl", steps=7)
     assert (config.lora.rank, config.data.path, config.run.max_steps) == (4, "x.jsonl", 7)

@@ -37,7 +37,7 @@ class Evaluate(Hook):
         return out
 
     def start(self, run: Run) -> None:
-        if self.at_start:
+        if self.at_start and not run.resumed_from:  # a resumed run logged it the first time
             run.emit(run.step, self.evaluate(run))
 
     def after_step(self, run: Run) -> None:

@@ -13,6 +13,11 @@ A hook with every_n_steps = N runs after steps N, 2N, ... and after the last ste
 every_n_steps = 0 runs after the last step only. Host-side numbers a hook produces go
 through `run.emit(step, metrics)`, which records them and hands them to every hook's
 `on_metrics` (the JSONL, TensorBoard and progress-bar writers listen there).
+
+Resume: a run restored from a checkpoint starts with run.step = run.resumed_from > 0, so
+hooks see the restored step in start(). Preemption: after the step in progress every
+hook's `on_preempt` runs (the checkpoint hook saves synchronously, the metrics hook flushes
+its partial window), then every `end`, then the trainer raises Preempted.
 """
 
 from __future__ import annotations
@@ -38,8 +43,28 @@ class Hook:
     def on_metrics(self, run: Run, step: int, metrics: dict[str, float]) -> None:
         pass
 
+    def on_preempt(self, run: Run) -> None:
+        """The run stops after this step (SIGTERM / metadata notice); called before end()."""
+
     def end(self, run: Run) -> None:
         pass
+
+
+class Preempted(Exception):
+    """Training stopped early on a preemption notice, after saving a checkpoint.
+
+    `bazel run //reactor:train` turns it into exit code EXIT_PREEMPTED (143); running the
+    same command again resumes from `checkpoint_step` in `checkpoint_dir`.
+    """
+
+    def __init__(self, step: int, reason: str, checkpoint_dir: str | None, checkpoint_step: int | None):
+        self.step, self.reason = step, reason
+        self.checkpoint_dir, self.checkpoint_step = checkpoint_dir, checkpoint_step
+        if checkpoint_step is None:
+            saved = "no checkpoint saved (checkpoint.every_n_steps is 0): a restart begins from step 0"
+        else:
+            saved = f"checkpoint step {checkpoint_step} saved in {checkpoint_dir}; run again to resume"
+        super().__init__(f"preempted after step {step} ({reason}); {saved}")
 
 
 @dataclasses.dataclass
@@ -53,8 +78,11 @@ class Run:
     split: Any  # state.SplitModel
     reference: Any = None  # DPO reference weights, when separate
     train_batches: Any = None  # the data iterator (state() / restore() for resume)
+    placement: Any = None  # state.Placement: the mesh and every array's NamedSharding
     hooks: list = dataclasses.field(default_factory=list)
     step: int = 0
+    resumed_from: int = 0  # the checkpoint step this run was restored from (0: a fresh start)
+    preempted: str | None = None  # why the run stops early (set before on_preempt hooks run)
     tokens_seen: int = 0
     pending: list = dataclasses.field(default_factory=list)  # device metrics since the last log
     history: list = dataclasses.field(default_factory=list)  # every emitted record

@@ -50,9 +50,21 @@ class TrainMetrics(Hook):
         self._last_time, self._last_tokens, self._last_paused = now, run.tokens_seen, run.paused_s
         run.emit(run.step, out)
 
+    def on_preempt(self, run: Run) -> None:
+        # The steps since the last log would be lost with the process: log them now.
+        # (After the resume, the next record averages only the steps after the checkpoint.)
+        self.after_step(run)
+
 
 class JsonlWriter(Hook):
-    """Appends every emitted record to <output_dir>/metrics.jsonl."""
+    """Appends every emitted record to <output_dir>/metrics.jsonl.
+
+    A fresh run starts the file anew. A resumed run (run.resumed_from = C > 0) keeps the
+    records of steps <= C and appends: records of steps after C were written by the killed
+    process after its last checkpoint and are dropped, because this run re-does those steps.
+    So the file holds one record per logged step, as an unbroken run's would. The kept
+    records also go back into run.history (the TrainResult sees the whole run).
+    """
 
     every_n_steps = 0
 
@@ -61,7 +73,16 @@ class JsonlWriter(Hook):
         self._file = None
 
     def start(self, run: Run) -> None:
-        self._file = open(self.path, "w")
+        if run.resumed_from > 0 and os.path.exists(self.path):
+            kept = _records_up_to(self.path, run.resumed_from)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)  # atomic: a kill now leaves the old file or the new one
+            run.history[:0] = kept
+            self._file = open(self.path, "a")
+        else:
+            self._file = open(self.path, "w")
         run.outputs["metrics"] = self.path
 
     def on_metrics(self, run: Run, step: int, metrics: dict[str, float]) -> None:
@@ -71,6 +92,20 @@ class JsonlWriter(Hook):
     def end(self, run: Run) -> None:
         if self._file:
             self._file.close()
+
+
+def _records_up_to(path: str, step: int) -> list[dict]:
+    """The records of steps <= step; a torn last line (killed mid-write) is skipped."""
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(record)
+    return kept
 
 
 class TensorBoardWriter(Hook):
@@ -87,7 +122,8 @@ class TensorBoardWriter(Hook):
             from tensorboardX import SummaryWriter
         except ImportError as e:
             raise ImportError("TensorBoard logging needs `tensorboardX`: pip install tensorboardX") from e
-        self._writer = SummaryWriter(self.logdir)
+        # On resume, TensorBoard drops the killed run's events after the checkpoint step.
+        self._writer = SummaryWriter(self.logdir, purge_step=run.step + 1 if run.resumed_from else None)
         run.outputs["tensorboard"] = self.logdir
 
     def on_metrics(self, run: Run, step: int, metrics: dict[str, float]) -> None:

@@ -5,6 +5,10 @@ leading micro-batch axis (A, B, T); gradients of the A micro-batches are summed 
 one compiled step (lax.scan) and normalised by the total weight, so accumulation is exact
 and costs no host round trip. `state` is donated: its buffers are reused in place.
 Metrics stay on device; hooks fetch them when they log.
+
+With a Placement (state.place_on_mesh) both steps are jitted with in/out shardings, split
+each host batch over data x fsdp (axis 1 of (A, B, T), axis 0 of eval's (B, T)), and trace
+and run under the strategy's activation rules; the call signatures stay the same.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from reactor_core.train.state import SplitModel, TrainState
+from reactor_core.dist import sharding as sharding_lib
+from reactor_core.train.state import Placement, SplitModel, TrainState
 
 
 def _weighted(loss, weight, metrics):
@@ -27,7 +32,26 @@ def _reference_model(split: SplitModel, reference):
     return None if reference is None else nnx.merge(split.reference_graphdef, reference)
 
 
-def make_train_step(split: SplitModel, objective, tx: optax.GradientTransformation, schedule):
+def _on_mesh(jitted, placement: Placement, batch_axis: int):
+    """jitted(*args, batch) with the batch split over the mesh and the activation rules on."""
+    mesh, rules = placement.mesh, placement.rules
+    # One device: jit moves the host batch to the device of the (committed) state, as before meshes.
+    split_batch = mesh.size > 1
+
+    def step(*args):
+        *arrays, batch = args
+        if split_batch:
+            batch = sharding_lib.shard_batch(batch, mesh, batch_axis=batch_axis)
+        with sharding_lib.activation_sharding(mesh, rules):
+            return jitted(*arrays, batch)
+
+    step.jitted = jitted
+    return step
+
+
+def make_train_step(
+    split: SplitModel, objective, tx: optax.GradientTransformation, schedule, placement: Placement | None = None
+):
     graphdef = split.graphdef
 
     def micro_grads(params, rng, frozen, reference, batch):
@@ -66,10 +90,19 @@ def make_train_step(split: SplitModel, objective, tx: optax.GradientTransformati
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if placement is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    jitted = jax.jit(
+        train_step,
+        donate_argnums=(0,),
+        # The batch's shardings come from shard_batch (leaves differ in rank).
+        in_shardings=(placement.state, placement.frozen, placement.reference, None),
+        out_shardings=(placement.state, placement.replicated),
+    )
+    return _on_mesh(jitted, placement, batch_axis=1)
 
 
-def make_eval_step(split: SplitModel, objective):
+def make_eval_step(split: SplitModel, objective, placement: Placement | None = None):
     """eval_step(params, rng, frozen, reference, batch) -> weighted metric sums (dropout off)."""
     graphdef = split.eval_graphdef
 
@@ -78,4 +111,11 @@ def make_eval_step(split: SplitModel, objective):
         loss, weight, metrics = objective(model, batch, _reference_model(split, reference))
         return _weighted(loss, weight, metrics)
 
-    return jax.jit(eval_step)
+    if placement is None:
+        return jax.jit(eval_step)
+    jitted = jax.jit(
+        eval_step,
+        in_shardings=(placement.state.params, placement.state.rng, placement.frozen, placement.reference, None),
+        out_shardings=placement.replicated,
+    )
+    return _on_mesh(jitted, placement, batch_axis=0)

@@ -8,6 +8,13 @@
 The run directory (run.output_dir) receives config.json (the resolved config),
 metrics.jsonl, tensorboard/, loss_curve.png, adapter/ (PEFT) or model/ (full fine-tuning),
 merged/ on request, and checkpoints/ when checkpointing is on.
+
+Resume and preemption: with checkpoint.every_n_steps > 0, train() first restores the newest
+complete checkpoint in checkpoint.dir (default <output_dir>/checkpoints; local or gs://)
+and continues bit for bit (params, optimizer state, step, RNG, data position, tokens seen).
+SIGTERM or a GCE metadata preemption notice stops the loop after the current step: a
+synchronous checkpoint, the hooks' end (metrics flushed), then `Preempted` is raised
+(`//reactor:train` exits with 143); running again resumes.
 """
 
 from __future__ import annotations
@@ -17,19 +24,22 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from reactor_core.dist import multihost
+from reactor_core.dist import sharding as sharding_lib
+from reactor_core.dist.preemption import PreemptionWatcher
 from reactor_core.train import base_model, environment, objectives
 from reactor_core.train import state as state_lib
-from reactor_core.train.checkpoint_hook import Checkpoint
+from reactor_core.train.checkpoint_hook import Checkpoint, checkpoint_dir
 from reactor_core.train.config import TrainingConfig
 from reactor_core.train.eval_hook import Evaluate
-from reactor_core.train.hooks import Hook, Run
+from reactor_core.train.hooks import Hook, Preempted, Run
 from reactor_core.train.metrics_hooks import JsonlWriter, ProgressBar, TensorBoardWriter, TrainMetrics, default_paths
 from reactor_core.train.optim import build_optimizer
 from reactor_core.train.plot import LossCurve
@@ -50,10 +60,20 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains per a TrainingConfig. `model`/`tokenizer` may be given (tests, notebooks)."""
+    """Trains per a TrainingConfig. `model`/`tokenizer` may be given (tests, notebooks).
+
+    The run is laid out on a mesh (config.mesh) over `devices` (default: every device of
+    every process, jax.devices()).
+    """
 
     def __init__(
-        self, config: TrainingConfig, *, model: nnx.Module | None = None, tokenizer=None, hooks: Iterable[Hook] = ()
+        self,
+        config: TrainingConfig,
+        *,
+        model: nnx.Module | None = None,
+        tokenizer=None,
+        hooks: Iterable[Hook] = (),
+        devices: Sequence | None = None,
     ):
         if not isinstance(config, TrainingConfig):
             raise TypeError(f"Trainer needs a TrainingConfig, got {type(config).__name__}")
@@ -61,6 +81,8 @@ class Trainer:
         self.model = model
         self.tokenizer = tokenizer
         self.extra_hooks = list(hooks)
+        self.devices = None if devices is None else list(devices)  # None: jax.devices() when training
+        self.placement: state_lib.Placement | None = None  # the last run's mesh and shardings
         num_params = (
             base_model.num_params(config.model)
             if model is None
@@ -146,9 +168,11 @@ class Trainer:
         if not config.data.path:
             raise ValueError("No training data: call trainer.train('train.jsonl') or set data_path / --data.")
         paths = default_paths(config.run.output_dir)
-        os.makedirs(config.run.output_dir, exist_ok=True)
-        with open(paths["config"], "w") as f:
-            f.write(config.to_json() + "\n")
+        devices = self.devices or jax.devices()
+        check_batch_fits_mesh(config, len(devices))
+        primary = multihost.is_primary()  # only process 0 writes the run directory
+        if primary:
+            os.makedirs(config.run.output_dir, exist_ok=True)
 
         model, tokenizer, source = self._load_model(config)
         train_batches, rows_per_epoch, eval_batches = self._datasets(config, tokenizer)
@@ -161,59 +185,89 @@ class Trainer:
         split, params, rng = state_lib.split_model(model, use_lora=config.lora.enabled)
         reference = self._reference(config, model, split)
         tx, schedule = build_optimizer(config.optim, total_steps)
-        train_state = state_lib.init_state(params, rng, tx)
+        # Every array onto the mesh (config.mesh): shardings from the logical axis names.
+        placement, train_state, split.frozen, reference = state_lib.place_on_mesh(
+            config.mesh, params, rng, split.frozen, reference, tx, devices=devices
+        )
+        self.placement = placement
         del params, rng
         log.info(
-            "training %s parameters (%s frozen) for %d steps",
+            "training %s parameters (%s frozen) for %d steps on mesh %s (%s)",
             f"{state_lib.count_params(train_state.params):,}",
             f"{state_lib.count_params(split.frozen):,}",
             total_steps,
+            dict(placement.mesh.shape),
+            config.mesh.strategy,
         )
         objective = objectives.make_objective(config.run, config.dpo)
-        train_step = make_train_step(split, objective, tx, schedule)
+        train_step = make_train_step(split, objective, tx, schedule, placement)
 
         run = Run(
             config=config, output_dir=config.run.output_dir, total_steps=total_steps, state=train_state, split=split
         )
         run.reference = reference
+        run.placement = placement
         run.train_batches = train_batches
         run.outputs["config"] = paths["config"]
         hooks: list[Hook] = [
-            JsonlWriter(paths["metrics"]),
-            TensorBoardWriter(paths["tensorboard"]),
-            ProgressBar(config.run.progress),
+            *([JsonlWriter(paths["metrics"]), TensorBoardWriter(paths["tensorboard"])] if primary else []),
+            ProgressBar(config.run.progress and primary),
             TrainMetrics(config.run.log_every),
         ]
         if eval_batches:
-            hooks.append(Evaluate(make_eval_step(split, objective), eval_batches, every_n_steps=config.run.eval_every))
+            eval_step = make_eval_step(split, objective, placement)
+            hooks.append(Evaluate(eval_step, eval_batches, every_n_steps=config.run.eval_every))
+        ckpt = None
         if config.checkpoint.every_n_steps:
-            directory = os.path.abspath(config.checkpoint.dir or paths["checkpoints"])
-            hooks.append(
-                Checkpoint(directory, every_n_steps=config.checkpoint.every_n_steps, keep=config.checkpoint.keep)
+            ckpt = Checkpoint(
+                checkpoint_dir(config, config.run.output_dir),  # gs:// stays a URL
+                every_n_steps=config.checkpoint.every_n_steps,
+                keep=config.checkpoint.keep,
+                resume=config.checkpoint.resume,
             )
-        if config.run.plot:
+            hooks.append(ckpt)
+        if config.run.plot and primary:
             hooks.append(LossCurve(paths["plot"]))
         run.hooks = hooks + self.extra_hooks
+        if ckpt is not None:
+            ckpt.restore(run)  # newest complete checkpoint -> state, step, tokens, data position
+        if primary:  # after the restore check: a refused resume leaves the run's config.json as it was
+            with open(paths["config"], "w") as f:
+                f.write(config.to_json() + "\n")
 
-        for hook in run.hooks:
-            hook.start(run)
-        while run.step < total_steps:
-            batch = _stack([next(train_batches) for _ in range(accum)])
-            run.state, metrics = train_step(run.state, split.frozen, reference, batch)
-            run.step += 1
-            run.tokens_seen += objectives.batch_tokens(batch)
-            run.pending.append(metrics)
-            if run.warm_at is None:  # the first step compiled: rates are measured from here
-                jax.block_until_ready(metrics)
-                run.warm_at, run.warm_tokens = time.perf_counter(), run.tokens_seen
+        # SIGTERM (spot VMs get it ~30 s ahead) or the metadata server's notice: stop after the step.
+        with PreemptionWatcher() as watcher:
             for hook in run.hooks:
-                if hook.due(run):
-                    hook.after_step(run)
-        for hook in run.hooks:
-            hook.end(run)
+                hook.start(run)
+            while run.step < total_steps:
+                batch = _stack([next(train_batches) for _ in range(accum)])
+                run.state, metrics = train_step(run.state, split.frozen, reference, batch)
+                run.step += 1
+                run.tokens_seen += objectives.batch_tokens(batch)
+                run.pending.append(metrics)
+                if run.warm_at is None:  # the first step compiled: rates are measured from here
+                    jax.block_until_ready(metrics)
+                    run.warm_at, run.warm_tokens = time.perf_counter(), run.tokens_seen
+                for hook in run.hooks:
+                    if hook.due(run):
+                        hook.after_step(run)
+                if run.step < total_steps and watcher.should_stop(run.step):
+                    run.preempted = watcher.reason or "preemption notice"
+                    for hook in run.hooks:
+                        hook.on_preempt(run)  # the checkpoint hook saves synchronously here
+                    break
+            for hook in run.hooks:
+                hook.end(run)
+        if run.preempted:
+            directory, saved = (ckpt.directory, ckpt.last_step) if ckpt else (None, None)
+            raise Preempted(run.step, run.preempted, directory, saved)
 
-        final_model = split.merge(run.state.params, run.state.rng, train=False)
-        self._export(config, final_model, tokenizer, source, paths, run)
+        params, frozen = run.state.params, split.frozen
+        if jax.process_count() > 1:  # whole values on every process (a collective), then process 0 writes
+            params, split.frozen = sharding_lib.gather((params, frozen), placement.mesh)
+        final_model = split.merge(params, run.state.rng, train=False)
+        if primary:
+            self._export(config, final_model, tokenizer, source, paths, run)
         self.model = final_model
         first: dict[str, float] = {}
         last: dict[str, float] = {}
@@ -245,6 +299,18 @@ class Trainer:
             hf.save_hf_dir(model, paths["model"])
             tokenizer.save_pretrained(paths["model"])
             run.outputs["model"] = paths["model"]
+
+
+def check_batch_fits_mesh(config: TrainingConfig, num_devices: int) -> None:
+    """The batch is split over data x fsdp: batch_size must divide by it (before any loading)."""
+    sizes = config.mesh.resolve(num_devices)
+    ways = sizes["data"] * sizes["fsdp"]
+    if config.data.batch_size % ways:
+        raise ValueError(
+            f"TrainingConfig.data.batch_size={config.data.batch_size} is not divisible by data x fsdp = {ways} "
+            f"of the mesh {config.mesh} on {num_devices} devices ({sizes}): use a batch_size that is a multiple "
+            f"of {ways}, or another --mesh"
+        )
 
 
 def _stack(batches: list) -> dict:

@@ -1,0 +1,174 @@
+"""MLForge kernels inside (jitted) JAX code, through the XLA FFI on CPU.
+
+    from mlforge import jax_ops
+    wq, scales = jax_ops.quantize_weight(w, bits=4, group_size=64)  # w (I, O) float
+    y = jax_ops.qmatmul(x, wq, scales, bits=4, group_size=64)       # x (..., I) -> (..., O)
+    w_hat = jax_ops.dequantize_weight(wq, scales, bits=4, group_size=64)  # (O, I)
+
+`qmatmul` is `x @ w_hat.T` for weight-only int8/int4 weights without materialising
+w_hat: on CPU it runs MLForge's kernel (memory-bound decode reads each weight byte once);
+on other platforms, and for gradients, it falls back to dequantize + dot. Weights are
+output-major with symmetric per-group scales (layout in mlforge/qmatmul.h).
+
+`import mlforge` never imports jax; this module does, and registers the FFI target on
+the first qmatmul call. Bad arguments raise ValueError naming the argument.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["dequantize_weight", "qmatmul", "quantize_weight"]
+
+_TARGET = "mlforge_qmatmul"
+_registered = False
+_register_lock = threading.Lock()
+
+
+def _register() -> None:
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        from mlforge import _mlforge_jax
+
+        for name, capsule in _mlforge_jax.handlers().items():
+            jax.ffi.register_ffi_target(name, capsule, platform="cpu")
+        _registered = True
+
+
+def _check_bits_group(bits: int, group_size: int, n_in: int) -> None:
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8; got {bits!r}")
+    if not isinstance(group_size, (int, np.integer)) or group_size <= 0 or n_in % group_size:
+        raise ValueError(
+            f"group_size ({group_size!r}) must be a positive divisor of the input size ({n_in})"
+        )
+    if bits == 4 and group_size % 2:
+        raise ValueError(f"group_size ({group_size}) must be even for 4 bits")
+
+
+def quantize_weight(w: jax.Array, *, bits: int, group_size: int) -> tuple[jax.Array, jax.Array]:
+    """w (I, O) float -> (wq, scales): symmetric per output and group of `group_size` inputs.
+
+    wq: int8 (O, I) for 8 bits; uint8 (O, I / 2) for 4 bits, each group's byte j holding
+    input j (low nibble) and input j + group_size / 2 (high nibble) as q + 8.
+    scales: float32 (O, I / group_size). q = clip(round(w / scale)), scale = max|w| / qmax.
+    """
+    w = jnp.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (in, out); got shape {w.shape}")
+    n_in, n_out = w.shape
+    _check_bits_group(bits, group_size, n_in)
+    groups = n_in // group_size
+    wt = w.astype(jnp.float32).T.reshape(n_out, groups, group_size)  # (O, G, g)
+    qmax = 127.0 if bits == 8 else 7.0
+    scale = jnp.max(jnp.abs(wt), axis=2, keepdims=True) / qmax  # (O, G, 1)
+    scale = jnp.where(scale == 0, 1.0, scale)
+    q = jnp.clip(jnp.round(wt / scale), -qmax - 1, qmax).astype(jnp.int8)  # (O, G, g)
+    if bits == 8:
+        return q.reshape(n_out, n_in), scale[..., 0]
+    u = (q + 8).astype(jnp.uint8)  # (O, G, g) in [0, 15]
+    half = group_size // 2
+    packed = u[..., :half] | (u[..., half:] << 4)  # (O, G, g/2)
+    return packed.reshape(n_out, n_in // 2), scale[..., 0]
+
+
+def dequantize_weight(
+    wq: jax.Array, scales: jax.Array, *, bits: int, group_size: int, dtype=jnp.float32
+) -> jax.Array:
+    """(wq, scales) -> W (O, I) in `dtype`, each value q * scale rounded once in `dtype`."""
+    n_out, groups = scales.shape
+    if bits == 4:
+        u = wq.reshape(n_out, groups, group_size // 2)  # (O, G, g/2)
+        lo = (u & 0xF).astype(jnp.int8) - 8
+        hi = (u >> 4).astype(jnp.int8) - 8
+        q = jnp.concatenate([lo, hi], axis=2)  # (O, G, g)
+    else:
+        q = wq.reshape(n_out, groups, group_size)  # (O, G, g)
+    w = q.astype(dtype) * scales[..., None].astype(dtype)  # (O, G, g)
+    return w.reshape(n_out, groups * group_size)
+
+
+def _dot_dequantized(x2: jax.Array, wq, scales, bits: int, group_size: int) -> jax.Array:
+    w = dequantize_weight(wq, scales, bits=bits, group_size=group_size)  # (O, I)
+    return jax.lax.dot_general(x2, w, (((1,), (1,)), ((), ())))  # (M, O)
+
+
+def _ffi(x2: jax.Array, wq, scales, bits: int, group_size: int) -> jax.Array:
+    out = jax.ShapeDtypeStruct((x2.shape[0], scales.shape[0]), jnp.float32)
+    call = jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")
+    return call(x2, wq, scales, bits=np.int64(bits), group_size=np.int64(group_size))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _qmatmul_2d(x2: jax.Array, wq, scales, bits: int, group_size: int) -> jax.Array:
+    """x2 (M, I) float32 -> (M, O) float32."""
+    return jax.lax.platform_dependent(
+        x2,
+        wq,
+        scales,
+        cpu=functools.partial(_ffi, bits=bits, group_size=group_size),
+        default=functools.partial(_dot_dequantized, bits=bits, group_size=group_size),
+    )
+
+
+def _qmatmul_fwd(x2, wq, scales, bits, group_size):
+    return _qmatmul_2d(x2, wq, scales, bits, group_size), (wq, scales)
+
+
+def _qmatmul_bwd(bits, group_size, residuals, dy):
+    wq, scales = residuals
+    w = dequantize_weight(wq, scales, bits=bits, group_size=group_size)  # (O, I)
+    dx = dy @ w  # (M, I)
+    # The weights are frozen integers: no gradient (float0 for the integer input).
+    return dx, np.zeros(wq.shape, jax.dtypes.float0), jnp.zeros_like(scales)
+
+
+_qmatmul_2d.defvjp(_qmatmul_fwd, _qmatmul_bwd)
+
+
+def qmatmul(
+    x: jax.Array, wq: jax.Array, scales: jax.Array, *, bits: int, group_size: int
+) -> jax.Array:
+    """x (..., I) @ W.T for W = dequantize_weight(wq, scales) -> (..., O) in x's dtype.
+
+    x: float32, bfloat16 or float16 (the kernel computes in float32). Works under jit,
+    vmap and grad (with respect to x). Leading dims of x are flattened into rows; the
+    kernel is meant for few rows (decode); for many, dequantize + dot is as fast.
+    """
+    x = jnp.asarray(x)
+    if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        raise ValueError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError("x must have at least one dimension (..., in_features)")
+    if scales.ndim != 2 or scales.dtype != jnp.float32:
+        raise ValueError(
+            f"scales must be float32 (out, in / group_size); got {scales.dtype} {scales.shape}"
+        )
+    n_in, n_out = x.shape[-1], scales.shape[0]
+    _check_bits_group(bits, group_size, n_in)
+    want = (jnp.int8, (n_out, n_in)) if bits == 8 else (jnp.uint8, (n_out, n_in // 2))
+    if wq.dtype != want[0] or tuple(wq.shape) != want[1]:
+        raise ValueError(
+            f"wq must be {jnp.dtype(want[0]).name} {want[1]} for x (..., {n_in}), bits={bits}, "
+            f"{n_out} outputs; got {wq.dtype} {tuple(wq.shape)}"
+        )
+    if scales.shape[1] != n_in // group_size:
+        raise ValueError(
+            f"scales must be (out, {n_in // group_size}) for group_size {group_size}; got {scales.shape}"
+        )
+    lead = x.shape[:-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    if rows == 0:
+        return jnp.zeros((*lead, n_out), x.dtype)
+    _register()
+    y = _qmatmul_2d(
+        x.reshape(rows, n_in).astype(jnp.float32), wq, scales, int(bits), int(group_size)
+    )
+    return y.reshape(*lead, n_out).astype(x.dtype)
