@@ -28,6 +28,10 @@ def test_goal_lines():
     assert "+3.6% decode" in lines[2] and "informational" in lines[2]
     slow = [Row("prime-jax", None, decode_tps=20.0, prompt_tps=300.0), ROWS[3]]
     assert "MISSED" in goals(slow, "jax", apple_silicon=False)[0]
+    # The goal is judged on the row of the model's default quantization on this machine.
+    rows = [*slow, Row("prime-jax", "8bit", decode_tps=64.0, prompt_tps=600.0)]
+    line = goals(rows, "jax", apple_silicon=False, default_quant="8bit")[0]
+    assert "(jax, 8bit) decode 64.0" in line and "4.05x (goal >= 2x): MET" in line
 
 
 def test_llama_cpp_availability_is_reported():

@@ -69,6 +69,15 @@ def test_default_quantization_follows_the_machine():
     assert catalogue.info("prime-7b-chat-v1", machine=big, status="x").default_quantization is None
     tiny = Machine("Linux", "x86_64", 4 * 2**30)
     assert catalogue.info("prime-13b-reasoning-v1", machine=tiny, status="x").default_quantization == "4bit"
+    # CPU-only machines decode faster from int8 weights: 8-bit at least, for catalogue models.
+    assert catalogue.info("prime-135m-chat-v1", machine=CI_BOX, status="x").default_quantization == "8bit"
+    gpu_box = Machine("Linux", "x86_64", 24 * 2**30, accelerator=True)
+    assert catalogue.info("prime-135m-chat-v1", machine=gpu_box, status="x").default_quantization is None
+    assert CI_BOX.cpu_only and not gpu_box.cpu_only and not M1_16GB.cpu_only
+    # A local directory keeps full precision unless asked (how it quantizes is unknown).
+    hf = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+          "num_hidden_layers": 2, "vocab_size": 256, "max_position_embeddings": 128}  # fmt: skip
+    assert catalogue.local_info("mine", hf, "/models/mine", machine=CI_BOX).default_quantization is None
 
 
 def test_unknown_names_suggest_the_nearest():

@@ -30,6 +30,11 @@ from mlforge import jax_ops
 KERNEL_MAX_ROWS = 128
 
 
+# Quantizing at load: one compiled program per weight shape (a Llama has four or five)
+# instead of eager op-by-op dispatch; about 3x faster for SmolLM2-135M.
+_quantize_weight = jax.jit(jax_ops.quantize_weight, static_argnames=("bits", "group_size"))
+
+
 class QuantizedWeight(nnx.Variable):
     """Integer weights and their scales: frozen, never a trainable nnx.Param."""
 
@@ -46,7 +51,7 @@ class QuantizedLinear(nnx.Module):
             raise ValueError(f"group_size {group} must divide the input size {n_in} (and be even for 4 bits)")
         self.bits, self.group, self.dtype = bits, group, dtype
         self.in_features, self.out_features = n_in, n_out
-        wq, scales = jax_ops.quantize_weight(kernel, bits=bits, group_size=group)
+        wq, scales = _quantize_weight(kernel, bits=bits, group_size=group)
         self.qweight = QuantizedWeight(wq)  # (O, I) int8 or (O, I/2) uint8
         self.scales = QuantizedWeight(scales)  # (O, I/group) float32
 
