@@ -246,12 +246,18 @@ def test_killed_and_resumed_cli_run_is_bitwise_identical(root, reference):
 def test_gcs_run_resumes_on_a_fresh_machine(root, reference):
     with LocalGcs(bucket="runs") as server:
         url = "gs://runs/tiny"
-        cmd = _cmd(root, "gcs_vm1", f"--checkpoint_dir={url}")
+        # Local keep-N above the run's checkpoint count: on a slow (busy) machine the uploader
+        # lags behind training, and a step deleted locally before its upload is skipped.
+        keep = f"--checkpoint_keep={STEPS // EVERY + 1}"
+        cmd = _cmd(root, "gcs_vm1", f"--checkpoint_dir={url}", keep)
         env = _env(STORAGE_EMULATOR_HOST=server.endpoint, REACTOR_CHECKPOINT_STAGING=str(root / "staging_vm1"))
         proc = Proc(cmd, env)
+        uploaded = 0
         try:
             while (line := proc.next_line()) is not None:
-                if "Uploaded step 6 " in line:  # two steps are complete in the bucket: kill the VM
+                found = re.search(r"Uploaded step (\d+) ", line)
+                if found and int(found.group(1)) < STEPS:  # a mid-run step is in the bucket: kill the VM
+                    uploaded = int(found.group(1))
                     proc.kill(signal.SIGKILL)
                     break
             assert proc.finish() == -signal.SIGKILL, proc.lines[-20:]
@@ -259,9 +265,9 @@ def test_gcs_run_resumes_on_a_fresh_machine(root, reference):
             if proc.proc.poll() is None:
                 proc.proc.kill()
         complete = gcs.CheckpointMirror(url, str(root / "unused")).complete_steps()
-        assert complete and max(complete) >= 6, complete
+        assert complete and max(complete) >= uploaded, complete
         # A fresh machine: empty staging disk, new output directory; only the bucket survives.
-        cmd = _cmd(root, "gcs_vm2", f"--checkpoint_dir={url}")
+        cmd = _cmd(root, "gcs_vm2", f"--checkpoint_dir={url}", keep)
         env = _env(STORAGE_EMULATOR_HOST=server.endpoint, REACTOR_CHECKPOINT_STAGING=str(root / "staging_vm2"))
         code, line, output = _run_with_kill(cmd, "NONE", 0, env)
         assert code == 0, output[-20:]
