@@ -9,8 +9,6 @@ that same step; then both write one Orbax checkpoint into a shared directory and
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import jax
@@ -18,40 +16,23 @@ import numpy as np
 import pytest
 
 from reactor_core.dist import multihost
-from reactor_core.dist.reference_train import ShardedRun, synthetic_batches
+from reactor_core.dist.reference_train import ShardedRun, free_port, run_together, synthetic_batches
 from reactor_core.models.config import LlamaConfig
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp_path, *extra):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("XLA_FLAGS", None)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, WORKER, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-             f"--process_id={i}", f"--out={tmp_path}", *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
+    cmds = [
+        [sys.executable, WORKER, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}", f"--out={tmp_path}", *extra]
         for i in range(2)
-    ]
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-3000:]
+    ]  # fmt: skip
+    for code, out in run_together(cmds, env):
+        assert code == 0, out[-3000:]
     results = [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(2)]
     params = [np.load(tmp_path / f"params_{i}.npz") for i in range(2)]
     return results, [[f[k] for k in sorted(f.files, key=lambda n: int(n.split("_")[1]))] for f in params]

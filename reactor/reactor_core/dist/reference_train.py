@@ -99,3 +99,33 @@ class ShardedRun:
             arrays = sharding_lib.shard_batch(batch, self.mesh)
             self.params, self.opt_state, loss = self._step(self.params, self.opt_state, arrays)
         return loss
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for a test's coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_together(cmds: list[list[str]], env: dict, *, timeout: float = 300) -> list[tuple[int, str]]:
+    """Starts every command at once (the processes of one distributed run) and waits for all.
+
+    Returns (exit code, combined stdout+stderr) per command; stragglers are killed on error.
+    """
+    import subprocess
+
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for cmd in cmds
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, out) for p, out in zip(procs, outputs)]

@@ -17,8 +17,6 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 
 import json
 import re
-import socket
-import subprocess
 
 import jax
 import numpy as np
@@ -27,6 +25,7 @@ from safetensors.numpy import load_file
 
 from reactor_core import train_cli
 from reactor_core.data.testing_tokenizers import tiny_tokenizer
+from reactor_core.dist.reference_train import free_port, run_together
 from reactor_core.train import testing_data
 from reactor_core.train.config import TrainingConfig
 from reactor_core.train.trainer import Trainer
@@ -53,12 +52,6 @@ FIELDS = {
 MESH = "data:1,fsdp:2,tensor:1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _flag(field, value) -> str:
     name = {flat: flag for flag, flat in train_cli.flag_to_field().items()}[field]  # model_name -> model
     if isinstance(value, bool):
@@ -72,34 +65,20 @@ def two_processes(tmp_path_factory):
     data = testing_data.write_chat(str(tmp / "train.jsonl"), n=48)
     tokenizer_dir = str(tmp / "tokenizer")
     tiny_tokenizer().save_pretrained(tokenizer_dir)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)  # one CPU device per process
     env.pop("BUILD_WORKING_DIRECTORY", None)
-    procs = []
+    cmds = []
     for i in range(2):
         args = [_flag(k, v) for k, v in FIELDS.items()]
         args += [f"--data={data}", f"--output={tmp / f'out{i}'}", f"--tokenizer={tokenizer_dir}", f"--mesh={MESH}"]
         args += [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, train_cli.__file__, *args],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+        cmds.append([sys.executable, train_cli.__file__, *args])
     outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
+    for code, out in run_together(cmds, env):
+        assert code == 0, out[-4000:]
+        outputs.append(out)
     return tmp, data, outputs
 
 
