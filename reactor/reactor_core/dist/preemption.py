@@ -67,6 +67,7 @@ class PreemptionWatcher:
         self._previous_handlers: dict[int, object] = {}
         self._thread: threading.Thread | None = None
         self._agreed = False
+        self._announced = False
 
     # ---- lifecycle ----
 
@@ -98,15 +99,24 @@ class PreemptionWatcher:
     # ---- notices ----
 
     def trigger(self, reason: str) -> None:
-        """Marks this process as preempted (also usable by a health check or a test)."""
+        """Marks this process as preempted (also usable by a health check or a test).
+
+        Logs nothing: this runs inside signal handlers, which can interrupt the main thread in
+        the middle of a write to stderr (a nested log write there fails with "reentrant call").
+        `should_stop` announces the notice from the loop.
+        """
         if not self._flag.is_set():
             self._reason = reason
             self._flag.set()
-            log.warning("Preemption notice: %s; stopping after the current step", reason)
 
     def _on_signal(self, signum, frame) -> None:
-        # A signal handler must not block or take locks: just set the flag.
+        # A signal handler must not block, take locks or write to a stream: just set the flag.
         self.trigger(f"signal {signal.Signals(signum).name}")
+
+    def _announce(self) -> None:
+        if not self._announced:
+            self._announced = True
+            log.warning("Preemption notice: %s; stopping after the current step", self._reason)
 
     def _poll(self) -> None:
         while not self._closed.is_set() and not self._flag.is_set():
@@ -140,6 +150,8 @@ class PreemptionWatcher:
         if step % self.sync_every_steps:
             return False
         local = self._flag.is_set()
+        if local:
+            self._announce()
         import jax  # the watcher itself works without JAX (tests, launcher)
 
         if jax.process_count() > 1:
@@ -150,6 +162,7 @@ class PreemptionWatcher:
             self._agreed = bool(np.asarray(flags).any())
             if self._agreed and not local:
                 self._reason = "another process got a preemption notice"
+                self._announce()
         else:
             self._agreed = local
         return self._agreed

@@ -63,3 +63,50 @@ def test_exit_code_is_documented_sigterm_code():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+class _NonReentrantStream:
+    """Like sys.stderr's BufferedWriter: a write that starts inside another write fails."""
+
+    def __init__(self, on_write=None):
+        self.lines, self.busy, self.on_write = [], False, on_write
+
+    def write(self, text):
+        if self.busy:
+            raise RuntimeError("reentrant call inside the stream")
+        self.busy = True
+        try:
+            if self.on_write is not None:
+                on_write, self.on_write = self.on_write, None
+                on_write()  # a SIGTERM lands in the middle of this write
+            self.lines.append(text)
+        finally:
+            self.busy = False
+
+    def flush(self):
+        pass
+
+
+def test_sigterm_during_a_log_write_does_not_break_logging():
+    import logging
+
+    errors = []
+    stream = _NonReentrantStream(on_write=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    handler = logging.StreamHandler(stream)
+    handler.handleError = lambda record: errors.append(sys.exc_info()[1])
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with PreemptionWatcher(poll_metadata=False) as watcher:
+            logging.getLogger("reactor_core.train").info("checkpoint: saving step %d to %s", 6, "/tmp/x")
+            assert watcher.triggered
+            assert watcher.should_stop(6)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert errors == []
+    text = "".join(stream.lines)
+    assert "checkpoint: saving step 6 to /tmp/x" in text
+    assert text.count("Preemption notice: signal SIGTERM") == 1, text
