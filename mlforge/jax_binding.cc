@@ -7,6 +7,7 @@
 #include <exception>
 #include <string>
 
+#include "mlforge/attention.h"
 #include "mlforge/qmatmul.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -60,6 +61,93 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QMatmulHandler, QMatmulImpl,
                                   .Attr<int64_t>("bits")
                                   .Attr<int64_t>("group_size"));
 
+// q (B, T, H, D), k/v (B, T, KVH, D), segment_ids (B, T) -> out (B, T, H, D), lse (B, H, T).
+ffi::Error attention_shape(ffi::Span<const int64_t> qd, ffi::Span<const int64_t> kd,
+                           ffi::Span<const int64_t> vd, ffi::Span<const int64_t> sd,
+                           AttentionShape* shape) {
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || sd.size() != 2 || kd[0] != qd[0] ||
+      kd[1] != qd[1] || kd[3] != qd[3] || vd[0] != kd[0] || vd[1] != kd[1] || vd[2] != kd[2] ||
+      vd[3] != kd[3] || sd[0] != qd[0] || sd[1] != qd[1]) {
+    return ffi::Error::InvalidArgument("mlforge_attention: shapes do not fit: q " + dims_str(qd) +
+                                       ", k " + dims_str(kd) + ", v " + dims_str(vd) +
+                                       ", segment_ids " + dims_str(sd));
+  }
+  *shape = AttentionShape{qd[0], qd[1], qd[2], kd[2], qd[3]};
+  try {
+    check_attention_shape(*shape);
+  } catch (const std::exception& e) {
+    return ffi::Error::InvalidArgument(std::string("mlforge_attention: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error AttentionFwdImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                            ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg,
+                            ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse,
+                            float scale) {
+  AttentionShape shape;
+  if (auto err = attention_shape(q.dimensions(), k.dimensions(), v.dimensions(),
+                                 seg.dimensions(), &shape);
+      err.failure()) {
+    return err;
+  }
+  if (out->element_count() != q.element_count() ||
+      static_cast<int64_t>(lse->element_count()) != shape.batch * shape.heads * shape.length) {
+    return ffi::Error::InvalidArgument("mlforge_attention: result buffers do not fit");
+  }
+  attention_forward(shape, scale, q.typed_data(), k.typed_data(), v.typed_data(),
+                    seg.typed_data(), out->typed_data(), lse->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error AttentionBwdImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                            ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> seg,
+                            ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
+                            ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq,
+                            ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
+                            float scale) {
+  AttentionShape shape;
+  if (auto err = attention_shape(q.dimensions(), k.dimensions(), v.dimensions(),
+                                 seg.dimensions(), &shape);
+      err.failure()) {
+    return err;
+  }
+  if (out.element_count() != q.element_count() || dout.element_count() != q.element_count() ||
+      static_cast<int64_t>(lse.element_count()) != shape.batch * shape.heads * shape.length ||
+      dq->element_count() != q.element_count() || dk->element_count() != k.element_count() ||
+      dv->element_count() != v.element_count()) {
+    return ffi::Error::InvalidArgument("mlforge_attention_bwd: buffers do not fit");
+  }
+  attention_backward(shape, scale, q.typed_data(), k.typed_data(), v.typed_data(),
+                     seg.typed_data(), out.typed_data(), lse.typed_data(), dout.typed_data(),
+                     dq->typed_data(), dk->typed_data(), dv->typed_data());
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AttentionFwdHandler, AttentionFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AttentionBwdHandler, AttentionBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
 }  // namespace
 }  // namespace mlforge
 
@@ -68,6 +156,9 @@ PYBIND11_MODULE(_mlforge_jax, m) {
   m.def("handlers", [] {
     py::dict d;
     d["mlforge_qmatmul"] = py::capsule(reinterpret_cast<void*>(mlforge::QMatmulHandler));
+    d["mlforge_attention"] = py::capsule(reinterpret_cast<void*>(mlforge::AttentionFwdHandler));
+    d["mlforge_attention_bwd"] =
+        py::capsule(reinterpret_cast<void*>(mlforge::AttentionBwdHandler));
     return d;
   });
 }

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["dequantize_weight", "qmatmul", "quantize_weight"]
+__all__ = ["attention", "dequantize_weight", "qmatmul", "quantize_weight"]
 
 _TARGET = "mlforge_qmatmul"
 _registered = False
@@ -172,3 +172,62 @@ def qmatmul(
         x.reshape(rows, n_in).astype(jnp.float32), wq, scales, int(bits), int(group_size)
     )
     return y.reshape(*lead, n_out).astype(x.dtype)
+
+
+def _attention_ffi(q, k, v, segment_ids, scale: float):
+    b, t, h, _ = q.shape
+    out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
+    call = jax.ffi.ffi_call("mlforge_attention", out, vmap_method="sequential")
+    return call(q, k, v, segment_ids, scale=np.float32(scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, segment_ids, scale: float):
+    return _attention_ffi(q, k, v, segment_ids, scale)[0]
+
+
+def _attention_fwd(q, k, v, segment_ids, scale):
+    out, lse = _attention_ffi(q, k, v, segment_ids, scale)
+    return out, (q, k, v, segment_ids, out, lse)
+
+
+def _attention_bwd(scale, residuals, dout):
+    q, k, v, segment_ids, out, lse = residuals
+    shapes = (
+        jax.ShapeDtypeStruct(q.shape, jnp.float32),
+        jax.ShapeDtypeStruct(k.shape, jnp.float32),
+        jax.ShapeDtypeStruct(v.shape, jnp.float32),
+    )
+    call = jax.ffi.ffi_call("mlforge_attention_bwd", shapes, vmap_method="sequential")
+    dq, dk, dv = call(q, k, v, segment_ids, out, lse, dout.astype(jnp.float32), scale=np.float32(scale))
+    return dq, dk, dv, np.zeros(segment_ids.shape, jax.dtypes.float0)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, *, scale: float | None = None):
+    """Causal self-attention over packed rows with MLForge's CPU kernel (forward and backward).
+
+    q (B, T, H, D); k, v (B, T, KVH, D), H a multiple of KVH (grouped-query); segment_ids
+    (B, T) int, 0 = padding. Query t sees key s when s <= t and both are in the same
+    non-zero segment; a padding query averages all values (as a finite-mask softmax does).
+    Returns (B, T, H, D) in q's dtype (computed in float32); differentiable in q, k, v.
+    scale defaults to D ** -0.5. CPU only: other backends should use their own attention.
+    """
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"q must be (B, T, H, D) and k, v (B, T, KVH, D); got {q.shape}, {k.shape}, {v.shape}")
+    b, t, h, d = q.shape
+    if k.shape[0] != b or k.shape[1] != t or k.shape[3] != d or h % k.shape[2]:
+        raise ValueError(
+            f"k/v {k.shape} do not fit q {q.shape}: same batch, length and head size, heads a multiple of kv heads"
+        )
+    if tuple(segment_ids.shape) != (b, t):
+        raise ValueError(f"segment_ids must be {(b, t)}; got {tuple(segment_ids.shape)}")
+    _register()
+    scale = float(d**-0.5 if scale is None else scale)
+    out = _attention(
+        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), segment_ids.astype(jnp.int32), scale
+    )
+    return out.astype(q.dtype)

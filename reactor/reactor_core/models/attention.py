@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -49,6 +51,21 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 
     out = jax.lax.map(one, (qb, mb))  # (N, B, KVH, G, C, D)
     return jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(b, t, kvh, g, d)  # (B, T, KVH, G, D)
+
+
+def kernel_enabled() -> bool:
+    """Whether training-shaped attention (no cache, segment ids known) runs MLForge's kernel.
+
+    On a single CPU device only: XLA cannot partition the custom call over a mesh, and other
+    backends have their own fused attention. REACTOR_ATTENTION=xla turns it off (benchmarks
+    and tests compare the two); the einsum formulation below is the reference it matches.
+    """
+    if os.environ.get("REACTOR_ATTENTION", "mlforge") == "xla":
+        return False
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or mesh.size == 1
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
@@ -99,12 +116,15 @@ class Attention(nnx.Module):
         mask: jax.Array,
         cache: tuple[jax.Array, jax.Array, jax.Array] | None = None,
         query_block: int = 0,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x (B, T, E); cache = (keys, values, index) of this layer.
 
         Returns (out, keys/values): the updated cache (B, S, KVH, D) each, or without a cache this
         call's own rotated keys and values (B, T, KVH, D), which prefill stores and training drops.
-        query_block > 0 (prefill of a long prompt) runs `blocked_attention`.
+        query_block > 0 (prefill of a long prompt) runs `blocked_attention`. segment_ids (B, T),
+        given for a plain causal forward over packed rows (training), selects MLForge's fused
+        CPU kernel where `kernel_enabled()`; `mask` must then be that forward's mask.
         """
         b, t, _ = x.shape
         d, kvh = self.head_dim, self.num_kv_heads
@@ -120,6 +140,11 @@ class Attention(nnx.Module):
             k = kv_cache.write(cache_k, k, index)  # (B, S, KVH, D)
             v = kv_cache.write(cache_v, v, index)  # (B, S, KVH, D)
         new_kv = (k, v)
+        if segment_ids is not None and cache is None and not query_block and kernel_enabled():
+            from mlforge import jax_ops  # lazily: inference-only callers never need it
+
+            out = jax_ops.attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype), segment_ids)
+            return self.o_proj(out.reshape(b, t, self.num_heads * d)), new_kv  # (B, T, E)
         q = q.reshape(b, t, kvh, groups, d)  # (B, T, KVH, G, D)
         if query_block:
             out = blocked_attention(q, k, v, mask, query_block, self.dtype)  # (B, T, KVH, G, D)

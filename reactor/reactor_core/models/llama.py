@@ -49,15 +49,15 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, cos, sin, mask, cache=None, query_block=0):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, query_block)
+    def __call__(self, x, cos, sin, mask, cache=None, query_block=0, segment_ids=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, query_block, segment_ids)
         x = x + attn  # (B, T, E)
         x = x + self.mlp(self.post_attention_layernorm(x))  # (B, T, E)
         return axes.constrain(x, (axes.BATCH, axes.LENGTH, axes.EMBED)), new_kv
 
 
-def _call_layer(layer, x, cos, sin, mask):
-    return layer(x, cos, sin, mask)[0]
+def _call_layer(layer, x, cos, sin, mask, segment_ids):
+    return layer(x, cos, sin, mask, segment_ids=segment_ids)[0]
 
 
 class LlamaBackbone(nnx.Module):
@@ -104,7 +104,7 @@ class Llama(nnx.Module):
         positions = slots if positions is None else positions
         segment_ids = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids
         mask = attention_mask(slots, segment_ids, slots, segment_ids)  # (B, 1, 1, T, T)
-        x, _ = self._forward(tokens, positions, mask, cache=None)
+        x, _ = self._forward(tokens, positions, mask, cache=None, segment_ids=segment_ids)
         return self._logits(x)
 
     def forward_with_cache(
@@ -148,11 +148,12 @@ class Llama(nnx.Module):
         cache = KVCache.from_prompt(new_kv, segment_ids, max_length, jnp.dtype(self.config.dtype))
         return logits, cache
 
-    def _forward(self, tokens, positions, mask, cache: KVCache | None, prefill: bool = False):
+    def _forward(self, tokens, positions, mask, cache: KVCache | None, prefill: bool = False, segment_ids=None):
         """Embedding and decoder layers -> (hidden (B, T, E) before the final norm, per-layer keys/values).
 
         Keys/values come back with a cache (the updated cache arrays) or with prefill (this call's
-        own; long prompts attend in query blocks).
+        own; long prompts attend in query blocks). segment_ids (plain forward only) lets attention
+        use the fused CPU kernel (attention.kernel_enabled).
         """
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
@@ -170,9 +171,9 @@ class Llama(nnx.Module):
                 x, kv = layer(x, cos, sin, mask, query_block=PREFILL_QUERY_BLOCK if blocked else 0)
                 new_kv.append(kv)
             elif cfg.remat:
-                x = nnx.remat(_call_layer)(layer, x, cos, sin, mask)
+                x = nnx.remat(_call_layer)(layer, x, cos, sin, mask, segment_ids)
             else:
-                x, _ = layer(x, cos, sin, mask)
+                x, _ = layer(x, cos, sin, mask, segment_ids=segment_ids)
         return x, new_kv
 
     def _logits(self, x: jax.Array) -> jax.Array:

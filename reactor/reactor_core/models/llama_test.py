@@ -120,6 +120,40 @@ def test_remat_gives_same_logits_and_grads():
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+def test_fused_cpu_attention_kernel_equals_xla_attention(monkeypatch):
+    """Training forward: MLForge's attention kernel vs the einsum formulation, packed + padded rows."""
+    from reactor_core.models import attention
+
+    config = LlamaConfig.preset("tiny")
+    tokens = jnp.asarray(ref.random_tokens(256, (3, 24)))
+    segment_ids = np.ones((3, 24), np.int32)
+    segment_ids[1, 10:] = 2  # two documents in one row
+    segment_ids[2, 20:] = 0  # right padding
+    positions = np.tile(np.arange(24, dtype=np.int32), (3, 1))
+    positions[1, 10:] -= 10
+    segment_ids, positions = jnp.asarray(segment_ids), jnp.asarray(positions)
+    weights = (segment_ids != 0).astype(jnp.float32)[..., None]
+
+    def loss(model):
+        return (model(tokens, positions=positions, segment_ids=segment_ids) * weights).mean()
+
+    def run():
+        model = Llama(config, rngs=nnx.Rngs(0))
+        hlo = jax.jit(lambda t: model(t, positions=positions, segment_ids=segment_ids)).lower(tokens).as_text()
+        return loss(model), nnx.grad(loss)(model), hlo
+
+    assert attention.kernel_enabled()
+    fused_loss, fused_grads, fused_hlo = run()
+    monkeypatch.setenv("REACTOR_ATTENTION", "xla")
+    assert not attention.kernel_enabled()
+    xla_loss, xla_grads, xla_hlo = run()
+    assert "mlforge_attention" in fused_hlo and "mlforge_attention" not in xla_hlo
+    np.testing.assert_allclose(fused_loss, xla_loss, rtol=1e-6)
+    leaves = jax.tree.leaves_with_path(xla_grads)
+    for (path, y), x in zip(leaves, jax.tree.leaves(fused_grads)):
+        np.testing.assert_allclose(x, y, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+
+
 def test_bfloat16_compute_and_params(tmp_path):
     f32 = Llama(LlamaConfig.preset("tiny"), rngs=nnx.Rngs(0))
     save_hf_dir(f32, str(tmp_path))
