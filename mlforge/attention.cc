@@ -46,20 +46,45 @@ MLFORGE_INLINE float exp_approx(float x) {
   return p * two_n;
 }
 
+// Keys are scored kChunk at a time with the partial sums held in registers; transposed
+// heads are padded to a multiple of it so a chunk never reads past its row.
+constexpr int64_t kChunk = 32;
+
 struct Dims {
-  int64_t T, H, KVH, D, G;
+  int64_t T, H, KVH, D, G, Tp;
   explicit Dims(const AttentionShape& s)
-      : T(s.length), H(s.heads), KVH(s.kv_heads), D(s.head_dim), G(s.heads / s.kv_heads) {}
+      : T(s.length),
+        H(s.heads),
+        KVH(s.kv_heads),
+        D(s.head_dim),
+        G(s.heads / s.kv_heads),
+        Tp((s.length + kChunk - 1) / kChunk * kChunk) {}
   int64_t q_at(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * H + h) * D; }
   int64_t kv_at(int64_t b, int64_t t, int64_t j) const { return ((b * T + t) * KVH + j) * D; }
 };
 
-// dst (D, T) = the (T, D) rows of kv head j in batch b.
+// dst (D, Tp) = the (T, D) rows of kv head j in batch b, zero past T.
 MLFORGE_INLINE void transpose_head(const Dims& n, const float* src, int64_t b, int64_t j,
                                    float* dst) {
+  std::fill(dst, dst + n.D * n.Tp, 0.0f);
   for (int64_t t = 0; t < n.T; ++t) {
     const float* row = src + n.kv_at(b, t, j);
-    for (int64_t d = 0; d < n.D; ++d) dst[d * n.T + t] = row[d];
+    for (int64_t d = 0; d < n.D; ++d) dst[d * n.Tp + t] = row[d];
+  }
+}
+
+// out[0..keys) = scale * x . cols[:, s] for cols (D, Tp); whole chunks are written, so out
+// holds Tp floats. Each chunk's sums stay in registers across the D loop.
+MLFORGE_INLINE void dot_columns(const Dims& n, const float* x, const float* cols, float scale,
+                                int64_t keys, float* out) {
+  for (int64_t s0 = 0; s0 < keys; s0 += kChunk) {
+    float acc[kChunk] = {};
+    for (int64_t d = 0; d < n.D; ++d) {
+      const float xd = x[d] * scale;
+      const float* c = cols + d * n.Tp + s0;
+      for (int64_t i = 0; i < kChunk; ++i) acc[i] += xd * c[i];
+    }
+    std::copy(acc, acc + kChunk, out + s0);
   }
 }
 
@@ -67,19 +92,49 @@ MLFORGE_INLINE void transpose_head(const Dims& n, const float* src, int64_t b, i
 MLFORGE_INLINE int64_t score_row(const Dims& n, const float* qr, const float* kt, float scale,
                                  int64_t t, float* scores) {
   const int64_t keys = t + 1;
-  std::fill(scores, scores + keys, 0.0f);
-  for (int64_t d = 0; d < n.D; ++d) {
-    const float qd = qr[d] * scale;
-    const float* ktd = kt + d * n.T;
-    for (int64_t s = 0; s < keys; ++s) scores[s] += qd * ktd[s];
-  }
+  dot_columns(n, qr, kt, scale, keys, scores);
   return keys;
+}
+
+// acc (kD) += sum_s w[s] * rows[s] for rows of kD floats `stride` apart; kD = 0: n.D.
+template <int kD>
+MLFORGE_INLINE void weighted_rows(const Dims& n, const float* w, int64_t keys, const float* rows,
+                                  int64_t stride, float* out) {
+  constexpr int64_t kMax = kD > 0 ? kD : 1;
+  if constexpr (kD > 0) {
+    float acc[kMax] = {};
+    for (int64_t s = 0; s < keys; ++s) {
+      const float ws = w[s];
+      const float* r = rows + s * stride;
+      for (int64_t d = 0; d < kD; ++d) acc[d] += ws * r[d];
+    }
+    std::copy(acc, acc + kD, out);
+  } else {
+    std::fill(out, out + n.D, 0.0f);
+    for (int64_t s = 0; s < keys; ++s) {
+      const float ws = w[s];
+      if (ws == 0.0f) continue;
+      const float* r = rows + s * stride;
+      for (int64_t d = 0; d < n.D; ++d) out[d] += ws * r[d];
+    }
+  }
+}
+
+MLFORGE_INLINE void weighted_rows_any(const Dims& n, const float* w, int64_t keys,
+                                      const float* rows, int64_t stride, float* out) {
+  if (n.D == 64) {
+    weighted_rows<64>(n, w, keys, rows, stride, out);
+  } else if (n.D == 128) {
+    weighted_rows<128>(n, w, keys, rows, stride, out);
+  } else {
+    weighted_rows<0>(n, w, keys, rows, stride, out);
+  }
 }
 
 MLFORGE_CLONES void forward_task(const Dims& n, float scale, const float* q, const float* k,
                                  const float* v, const int32_t* seg_all, float* out, float* lse,
                                  int64_t b, int64_t j) {
-  std::vector<float> kt(n.D * n.T), scores(n.T), acc(n.D), mean(n.D, 0.0f);
+  std::vector<float> kt(n.D * n.Tp), scores(n.Tp), acc(n.D), mean(n.D, 0.0f);
   transpose_head(n, k, b, j, kt.data());
   const int32_t* seg = seg_all + b * n.T;
   bool any_padding = false;
@@ -110,13 +165,7 @@ MLFORGE_CLONES void forward_task(const Dims& n, float scale, const float* q, con
         scores[s] = p;
         sum += p;
       }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t s = 0; s < keys; ++s) {
-        const float p = scores[s];
-        if (p == 0.0f) continue;
-        const float* vr = v + n.kv_at(b, s, j);
-        for (int64_t d = 0; d < n.D; ++d) acc[d] += p * vr[d];
-      }
+      weighted_rows_any(n, scores.data(), keys, v + n.kv_at(b, 0, j), n.KVH * n.D, acc.data());
       const float inv = 1.0f / sum;
       for (int64_t d = 0; d < n.D; ++d) o[d] = acc[d] * inv;
       lse[(b * n.H + h) * n.T + t] = mx + std::log(sum);
@@ -128,7 +177,7 @@ MLFORGE_CLONES void backward_task(const Dims& n, float scale, const float* q, co
                                   const float* v, const int32_t* seg_all, const float* out,
                                   const float* lse, const float* dout, float* dq, float* dk,
                                   float* dv, int64_t b, int64_t j) {
-  std::vector<float> kt(n.D * n.T), vt(n.D * n.T), p(n.T), ds(n.T), dq_row(n.D);
+  std::vector<float> kt(n.D * n.Tp), vt(n.D * n.Tp), p(n.Tp), ds(n.Tp), dq_row(n.D);
   std::vector<float> dk_acc(n.T * n.D, 0.0f), dv_acc(n.T * n.D, 0.0f);
   transpose_head(n, k, b, j, kt.data());
   transpose_head(n, v, b, j, vt.data());
@@ -155,22 +204,15 @@ MLFORGE_CLONES void backward_task(const Dims& n, float scale, const float* q, co
       for (int64_t s = 0; s < keys; ++s) p[s] = seg[s] == st ? exp_approx(p[s] - row_lse) : 0.0f;
       float di = 0.0f;
       for (int64_t d = 0; d < n.D; ++d) di += dor[d] * orow[d];
-      std::fill(ds.begin(), ds.begin() + keys, 0.0f);
-      for (int64_t d = 0; d < n.D; ++d) {  // ds = dO . v[s]
-        const float dod = dor[d];
-        const float* vtd = vt.data() + d * n.T;
-        for (int64_t s = 0; s < keys; ++s) ds[s] += dod * vtd[s];
-      }
+      dot_columns(n, dor, vt.data(), 1.0f, keys, ds.data());  // ds = dO . v[s]
       for (int64_t s = 0; s < keys; ++s) ds[s] = p[s] * (ds[s] - di) * scale;
-      std::fill(dq_row.begin(), dq_row.end(), 0.0f);
+      weighted_rows_any(n, ds.data(), keys, k + n.kv_at(b, 0, j), n.KVH * n.D, dq_row.data());
       for (int64_t s = 0; s < keys; ++s) {
         const float dss = ds[s], ps = p[s];
         if (ps == 0.0f) continue;
-        const float* kr = k + n.kv_at(b, s, j);
         float* dks = dk_acc.data() + s * n.D;
         float* dvs = dv_acc.data() + s * n.D;
         for (int64_t d = 0; d < n.D; ++d) {
-          dq_row[d] += dss * kr[d];
           dks[d] += dss * qr[d];
           dvs[d] += ps * dor[d];
         }
