@@ -13,6 +13,12 @@ peak memory column is that row's alone. Per row, after a warm-up (JAX compiles h
 - prompt tokens/s: a `--prefill_tokens` prompt over its time to first token (one run)
 - peak RSS of the row's process
 
+llama.cpp: through llama-cpp-python (built from PyPI's source release with this machine's
+compiler, as its own docs describe). It is not in the lock (a multi-minute C++ build no test
+needs): `--llama_cpp=build` (the default) builds the pinned version once into
+`$PRIME_HOME/tools/` and reuses it; `--llama_cpp=off` skips the row. A failed build leaves the
+row with the reason and the build log's path. Threads: all cores, like every other runner.
+
 The goals printed at the end: the default backend (JAX here, MLX on Apple Silicon), at the
 model's default quantization on this machine (8-bit on a CPU-only box), decodes at least 2x
 faster than transformers and prefills at least as fast; the MLX backend's
@@ -26,6 +32,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +52,8 @@ ROWS = (
     ("llama.cpp", "Q4_1"),
 )
 _MARK = "BENCH_RESULT "
+LLAMA_CPP_VERSION = "0.3.36"  # llama-cpp-python; its runtime deps besides numpy/jinja2 below
+LLAMA_CPP_EXTRA = ("diskcache==5.6.3",)
 
 
 @dataclasses.dataclass
@@ -185,8 +194,16 @@ def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
     from reactor_core.formats.pretrained import offline_gguf_path
 
     row = Row("llama.cpp", "Q4_1")
+    threads = os.cpu_count() or 1
     t = time.perf_counter()
-    llm = Llama(model_path=offline_gguf_path("prime-135m-chat"), n_ctx=2048, verbose=False)
+    llm = Llama(
+        model_path=offline_gguf_path("prime-135m-chat"),
+        n_ctx=2048,
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     row.load_s = time.perf_counter() - t
 
     def measure():
@@ -203,6 +220,9 @@ def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
     start = time.perf_counter()
     next(iter(llm.generate(prefill_ids, temp=0.0)))
     row.prompt_tps = len(prefill_ids) / (time.perf_counter() - start)
+    import llama_cpp
+
+    row.note = f"llama-cpp-python {llama_cpp.__version__}, threads={threads}"
     return row
 
 
@@ -240,23 +260,86 @@ def prompts(prefill_tokens: int) -> tuple[list[int], list[int]]:
     return decode, ids[:prefill_tokens]
 
 
-def available(runner: str) -> str | None:
-    """Why a runner cannot run here, or None."""
+# ---- llama.cpp (llama-cpp-python, built here on demand) ----
+
+
+def llama_cpp_dir() -> str:
+    """Where `--llama_cpp=build` installs llama-cpp-python: per version, Python and machine."""
+    import platform
+
+    from jarvis_prime import store
+
+    tag = f"llama-cpp-python-{LLAMA_CPP_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}"
+    return os.path.join(store.default_home(), "tools", tag)
+
+
+def _llama_cpp_importable(extra_dir: str | None) -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return True
+    return bool(extra_dir) and os.path.isfile(os.path.join(extra_dir, "llama_cpp", "__init__.py"))
+
+
+def build_llama_cpp(target: str, log=print) -> str | None:
+    """Builds llama-cpp-python into `target` (pip from PyPI, this machine's compiler) unless it is
+    there already. Returns None when usable, else why not. Atomic: a build that dies leaves no
+    half-installed `target` behind, only `target`.log."""
+    if _llama_cpp_importable(target):
+        return None
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    staging, build_log = target + ".partial", target + ".log"
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pip", "install", "--no-input", "--disable-pip-version-check", "--no-deps"]
+    cmd += ["--target", staging, f"llama-cpp-python=={LLAMA_CPP_VERSION}", *LLAMA_CPP_EXTRA]
+    log(
+        f"llama.cpp: building llama-cpp-python {LLAMA_CPP_VERSION} from PyPI into {target} "
+        f"(once; about 15 minutes on 2 cores; log: {build_log})",
+        flush=True,
+    )
+    env = {**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
+    start = time.perf_counter()
+    with open(build_log, "w") as out:
+        try:
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        except OSError as e:  # no pip in this interpreter, say
+            out.write(f"{cmd}: {e}\n")
+            code = -1
+    if code != 0 or not _llama_cpp_importable(staging):
+        shutil.rmtree(staging, ignore_errors=True)
+        return f"not available: building llama-cpp-python failed (pip exit {code}); see {build_log}"
+    os.replace(staging, target)
+    log(f"llama.cpp: built in {time.perf_counter() - start:.0f}s", flush=True)
+    return None
+
+
+def available(runner: str, llama_cpp_path: str | None = None) -> str | None:
+    """Why a runner cannot run here, or None. `llama_cpp_path`: a directory that may hold
+    llama-cpp-python besides the environment's own packages."""
     import importlib.util
 
     from jarvis_prime.backends import mlx_backend
 
     if runner in ("prime-mlx", "mlx-lm") and not mlx_backend.available():
         return "mlx / mlx-lm not installed"
-    if runner == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
-        return "not available (llama-cpp-python is not installed: pip install llama-cpp-python)"
+    if runner == "llama.cpp" and not _llama_cpp_importable(llama_cpp_path):
+        return "not available (llama-cpp-python is not installed; `bazel run //prime:bench -- --llama_cpp=build` builds it)"
     if runner == "transformers" and importlib.util.find_spec("torch") is None:
         return "torch not installed"
     return None
 
 
-def run_row(runner: str, quant, decode_ids, prefill_ids, decode_tokens: int, repeats: int, timeout: float) -> Row:
-    why = available(runner)
+def run_row(
+    runner: str,
+    quant,
+    decode_ids,
+    prefill_ids,
+    decode_tokens: int,
+    repeats: int,
+    timeout: float,
+    llama_cpp_path: str | None = None,
+) -> Row:
+    why = available(runner, llama_cpp_path)
     if why:
         return Row(runner, quant, note=why)
     spec = {
@@ -267,7 +350,8 @@ def run_row(runner: str, quant, decode_ids, prefill_ids, decode_tokens: int, rep
         "decode_tokens": decode_tokens,
         "repeats": repeats,
     }
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "HF_HUB_OFFLINE": "1"}
+    path = [p for p in sys.path if p] + ([llama_cpp_path] if llama_cpp_path and runner == "llama.cpp" else [])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
@@ -330,6 +414,12 @@ def goals(rows: list[Row], default_backend: str, apple_silicon: bool, default_qu
             f"default backend prefill {ours.prompt_tps:.0f} vs transformers {ref.prompt_tps:.0f} tok/s: "
             f"{prefill:.2f}x (goal >= 1x): {'MET' if prefill >= 1 else 'MISSED'}"
         )
+    bar = by.get(("llama.cpp", "Q4_1"))
+    if bar and ours:
+        out.append(
+            f"default backend vs llama.cpp (Q4_1, the bar): decode {ours.decode_tps / bar.decode_tps:.2f}x, "
+            f"prefill {ours.prompt_tps / bar.prompt_tps:.2f}x"
+        )
     for quant in (None, "8bit", "4bit"):
         bare, prime = by.get(("mlx-lm", quant)), by.get(("prime-mlx", quant))
         if bare and prime:
@@ -347,6 +437,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="", help="comma-separated runners to keep (e.g. prime-jax,transformers)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per row")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--llama_cpp",
+        choices=("build", "off"),
+        default="build",
+        help="build: build llama-cpp-python once into $PRIME_HOME/tools if it is not installed; off: skip the row",
+    )
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -365,11 +461,23 @@ def main(argv: list[str] | None = None) -> int:
         f"prefill {len(prefill_ids)} tokens; {os.cpu_count()} CPUs, {machine.system} {machine.arch}",
         flush=True,
     )
+    llama_path, llama_why = llama_cpp_dir(), None
+    if args.llama_cpp == "off":
+        llama_why = "skipped (--llama_cpp=off)"
+    elif not keep or "llama.cpp" in keep:
+        llama_why = build_llama_cpp(llama_path)
     rows = []
     for runner, quant in ROWS:
         if keep and runner not in keep:
             continue
-        rows.append(run_row(runner, quant, decode_ids, prefill_ids, args.decode_tokens, args.repeats, args.timeout))
+        if runner == "llama.cpp" and llama_why:
+            rows.append(Row(runner, quant, note=llama_why))
+        else:
+            rows.append(
+                run_row(
+                    runner, quant, decode_ids, prefill_ids, args.decode_tokens, args.repeats, args.timeout, llama_path
+                )
+            )
         print(f"  {runner} {quant or 'float32'}: {rows[-1].decode_tps:.1f} tok/s {rows[-1].note}", flush=True)
     print()
     print(format_table(rows))

@@ -1,9 +1,11 @@
 """The benchmark's table and goal lines (the measurements themselves are `bazel run //prime:bench`)."""
 
+import os
 import sys
 
 import pytest
 
+from jarvis_prime import bench
 from jarvis_prime.bench import Row, available, format_table, goals
 
 ROWS = [
@@ -39,6 +41,37 @@ def test_llama_cpp_availability_is_reported():
 
     why = available("llama.cpp")
     assert (why is None) == (importlib.util.find_spec("llama_cpp") is not None)
+    if why:
+        assert "--llama_cpp=build" in why
+
+
+def test_llama_cpp_is_found_in_the_bench_tool_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIME_HOME", str(tmp_path))
+    target = bench.llama_cpp_dir()
+    assert target.startswith(str(tmp_path / "tools" / f"llama-cpp-python-{bench.LLAMA_CPP_VERSION}-py"))
+    package = os.path.join(target, "llama_cpp")
+    os.makedirs(package)
+    open(os.path.join(package, "__init__.py"), "w").close()
+    assert available("llama.cpp", target) is None
+    # Already there: nothing is built, nothing is printed.
+    assert bench.build_llama_cpp(target, log=lambda *a, **k: pytest.fail(f"rebuilt: {a}")) is None
+
+
+def test_failed_llama_cpp_build_names_its_log_and_leaves_nothing_half_installed(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.sys, "executable", "/bin/false")  # pip "fails" at once
+    target = str(tmp_path / "tools" / "llama")
+    printed = []
+    why = bench.build_llama_cpp(target, log=lambda *a, **k: printed.append(a[0]))
+    assert why.startswith("not available: building llama-cpp-python failed (pip exit 1)")
+    assert why.endswith(f"see {target}.log") and os.path.exists(target + ".log")
+    assert not os.path.exists(target) and not os.path.exists(target + ".partial")
+    assert "building llama-cpp-python" in printed[0]
+
+
+def test_llama_cpp_goal_line():
+    rows = [*ROWS[:4], Row("llama.cpp", "Q4_1", decode_tps=100.0, prompt_tps=340.0)]
+    line = goals(rows, "jax", apple_silicon=False)[2]
+    assert line == "default backend vs llama.cpp (Q4_1, the bar): decode 0.40x, prefill 2.65x"
 
 
 if __name__ == "__main__":

@@ -151,9 +151,11 @@ class CheckpointManager:
         if gcs.is_gcs_url(self.directory):
             if jax.process_count() > 1:
                 raise NotImplementedError(
-                    "gs:// checkpoints with several processes: each host stages locally, so the "
-                    "mirror cannot see the other hosts' shards. Use a directory every host shares "
-                    "(e.g. a Filestore mount) for multi-host runs."
+                    f"--checkpoint_dir={self.directory} with {jax.process_count()} processes: gs:// "
+                    "checkpoints stage on local disk, and one host's mirror cannot see the other hosts' "
+                    "shards. For multi-host runs mount the bucket on every VM (gcsfuse, or a Filestore "
+                    "share) and pass the mount path as --checkpoint_dir; Orbax then writes each host's "
+                    "shards there itself."
                 )
             url = gcs.GcsUrl.parse(self.directory)
             self.local_dir = os.path.abspath(staging_dir or _default_staging(url))

@@ -48,6 +48,9 @@ def test_two_processes_match_single_process(tmp_path):
     # Orbax checkpoint written by both processes into one directory, restored exactly.
     assert results[0]["ckpt_roundtrip"] and results[1]["ckpt_roundtrip"]
     assert results[0]["ckpt_extra"] == {"data": {"next": 4}}
+    for r in results:  # before any bucket call: the refusal names the flag and the way out
+        assert "--checkpoint_dir=gs://bucket/run with 2 processes" in r["gcs_refusal"], r.get("gcs_refusal")
+        assert "gcsfuse" in r["gcs_refusal"]
 
     config = LlamaConfig.preset("tiny")
     run = ShardedRun.create(config)

@@ -71,6 +71,10 @@ def main() -> int:
                             restored, state)
         result["ckpt_roundtrip"] = all(jax.tree.leaves(same))
         result["ckpt_extra"] = extra
+        try:  # gs:// stages per host: refused with several processes, saying what to do instead
+            CheckpointManager("gs://bucket/run", config={"model": "tiny"})
+        except NotImplementedError as e:
+            result["gcs_refusal"] = str(e)
 
     np.savez(os.path.join(args.out, f"params_{args.process_id}.npz"), *[np.asarray(x) for x in jax.tree.leaves(params)])
     with open(os.path.join(args.out, f"result_{args.process_id}.json"), "w") as f:

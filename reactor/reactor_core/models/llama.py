@@ -180,7 +180,10 @@ class Llama(nnx.Module):
         """Final norm and LM head: hidden (B, T, E) -> float32 logits (B, T, V)."""
         cfg = self.config
         x = self.model.norm(x)  # (B, T, E)
-        if cfg.tie_word_embeddings:
+        quantized_head = getattr(self, "quantized_head", None)  # set by quant.quantize_model
+        if quantized_head is not None:
+            logits = quantized_head(x)  # (B, T, V)
+        elif cfg.tie_word_embeddings:
             table = self.model.embed_tokens.embedding[...].astype(x.dtype)  # (V, E)
             logits = dot_general(x, table, (((2,), (1,)), ((), ())))  # (B, T, V)
         else:

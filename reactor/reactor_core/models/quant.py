@@ -4,7 +4,10 @@
 (tree surgery, like LoRA). Weights stay integer in memory, output-major in MLForge's
 layout (`mlforge.jax_ops`). Symmetric scales: int8 per output channel (or per group),
 int4 per group of `group_size` input rows, two values packed per byte. The embedding
-(and, when tied, the LM head that shares it) stays in float.
+lookup stays in float. A tied LM head (SmolLM2's: a third of its weights) gets its own int8
+copy of the table, `model.quantized_head`: decode reads the head's weights every token, so
+in float it was half of all the bytes a quantized decode step moved. int8 even in 4-bit
+mode, as llama.cpp keeps its output matrix at 8 bits: the head is the most sensitive layer.
 
 Decode and short prompts (up to KERNEL_MAX_ROWS rows) run MLForge's CPU kernel through
 the XLA FFI, which streams the integer weights once per call; longer prefills (compute-
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mlforge import jax_ops
+from reactor_core.models.llama import Llama
 
 # Flattened activation rows up to which QuantizedLinear uses the MLForge kernel rather than
 # dequantize + XLA dot. Measured on SmolLM2-135M, 2 shared cores: the kernel wins at 1-8
@@ -90,4 +94,11 @@ def quantize_model(model: nnx.Module, *, bits: int = 8, group_size: int | None =
                     raise ValueError(f"quantize_model: Linear {name!r} has a bias; not supported")
                 dtype = child.dtype or jnp.float32
                 setattr(node, name, QuantizedLinear(child.kernel[...], bits=bits, group_size=group_size, dtype=dtype))
+    for llama in [node for _, node in nnx.iter_graph(model) if isinstance(node, Llama)]:
+        if llama.config.tie_word_embeddings:
+            table = llama.model.embed_tokens.embedding[...]  # (V, E)
+            head_group = group_size if bits == 8 else None
+            llama.quantized_head = QuantizedLinear(
+                table.T, bits=8, group_size=head_group, dtype=jnp.dtype(llama.config.dtype)
+            )
     return model

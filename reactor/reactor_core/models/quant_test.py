@@ -40,6 +40,25 @@ def test_quantized_model_runs_and_generates(bits):
     assert len(out.tokens[0]) == 4
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tied_head_gets_an_int8_copy_that_makes_the_logits(bits):
+    config = LlamaConfig.preset("tiny-tied")
+    tokens = jnp.asarray(ref.random_tokens(256, (2, 12)))
+    reference = Llama(config, rngs=nnx.Rngs(0))(tokens)
+    model = quantize_model(Llama(config, rngs=nnx.Rngs(0)), bits=bits, group_size=32)
+    head = model.quantized_head
+    assert head.bits == 8 and (head.in_features, head.out_features) == (config.hidden_size, config.vocab_size)
+    assert head.qweight[...].dtype == jnp.int8
+    # The lookup keeps the float table; the head's copy is within int8 rounding of it.
+    table = np.asarray(model.model.embed_tokens.embedding[...])
+    np.testing.assert_allclose(np.asarray(head.dequantized()).T, table, atol=np.abs(table).max() / 127)
+    assert ref.max_rel_diff(model(tokens), reference) < (0.02 if bits == 8 else 0.3)
+    out = Generator(model).generate([[5, 6, 7]], max_new_tokens=3)
+    assert len(out.tokens[0]) == 3
+    head.scales[...] = jnp.zeros_like(head.scales[...])  # the logits really come from the copy
+    assert not np.any(np.asarray(model(tokens)))
+
+
 @pytest.mark.parametrize("bits,group_size", [(8, None), (8, 32), (4, 32), (4, 64)])
 @pytest.mark.parametrize("lead", [(1,), (3,), (2, 4), (1, 8), (3, 100)])  # last: 300 rows, dequantize + dot
 def test_call_matches_float_reference_of_dequantized_weights(bits, group_size, lead):
