@@ -37,6 +37,9 @@ flags.DEFINE_integer(
     "rounds", 3, "Run every measurement this many times, alternating; keep each one's best, print each round's ratio."
 )
 flags.DEFINE_bool("memory_table", True, "Also print the llama-2-7b QLoRA memory table.")
+flags.DEFINE_bool(
+    "gemm_check", True, "First time one float32 GEMM of the step's shape in XLA and in torch (the step is mostly GEMMs)."
+)
 flags.DEFINE_string("worker", "", "Internal: run one measurement and print it as JSON.")
 flags.DEFINE_string("dtype", "float32", "Internal: the worker's dtype.")
 
@@ -144,8 +147,58 @@ def worker_peft(dtype: str) -> dict:
     return {"first_step_s": first, "step_s": per_step, "loss": float(step())}
 
 
+# The LoRA step's most frequent GEMM: (batch x seq_len) x hidden @ hidden x intermediate.
+GEMM_SHAPE = (1024, 576, 1536)
+
+
+def worker_gemm() -> dict:
+    """GFLOP/s of one float32 GEMM in XLA and in torch, best of 10 each (both on all cores)."""
+    import jax
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    m, k, n = GEMM_SHAPE
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    xla = jax.jit(lambda x, y: x @ y)
+    ja, jb, ta, tb = jax.device_put(a), jax.device_put(b), torch.from_numpy(a), torch.from_numpy(b)
+
+    def best(call) -> float:
+        call()
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return 2 * m * k * n / min(times) / 1e9
+
+    return {
+        "xla_gflops": best(lambda: xla(ja, jb).block_until_ready()),
+        "torch_gflops": best(lambda: torch.matmul(ta, tb)),
+    }
+
+
+def cpu_summary() -> str:
+    """'AMD EPYC ..., avx512f avx512_bf16' from /proc/cpuinfo (Linux), else the platform."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {' '.join(simd) or 'no AVX2'}"
+
+
 def run_worker() -> None:
     kind, dtype = FLAGS.worker, FLAGS.dtype
+    if kind == "gemm":
+        print("RESULT " + json.dumps(worker_gemm()), flush=True)
+        return
     if kind == "peft":
         out = worker_peft(dtype)
     else:
@@ -177,6 +230,14 @@ def main(argv) -> None:
         f"| median of {FLAGS.steps} steps after {FLAGS.warmup}, best of {FLAGS.rounds} round(s) | {os.cpu_count()} CPUs",
         flush=True,
     )
+    if FLAGS.gemm_check:
+        g = launch("gemm", "float32")
+        m, k, n = GEMM_SHAPE
+        print(
+            f"CPU: {cpu_summary()}. float32 GEMM {m}x{k}x{n}: XLA {g['xla_gflops']:.0f} GFLOP/s, "
+            f"torch {g['torch_gflops']:.0f} GFLOP/s (the step is mostly GEMMs: the ratio below follows these)",
+            flush=True,
+        )
     results = {}
     paired = {}  # (kind, dtype) -> per-round ratios to the PEFT run next to it in time
     for _ in range(FLAGS.rounds):
