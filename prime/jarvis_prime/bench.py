@@ -190,7 +190,7 @@ def run_transformers(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
 
 
 def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
-    from llama_cpp import Llama
+    from llama_cpp import Llama, __version__
     from reactor_core.formats.pretrained import offline_gguf_path
 
     row = Row("llama.cpp", "Q4_1")
@@ -220,9 +220,7 @@ def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
     start = time.perf_counter()
     next(iter(llm.generate(prefill_ids, temp=0.0)))
     row.prompt_tps = len(prefill_ids) / (time.perf_counter() - start)
-    import llama_cpp
-
-    row.note = f"llama-cpp-python {llama_cpp.__version__}, threads={threads}"
+    row.note = f"llama-cpp-python {__version__}, threads={threads}"
     return row
 
 

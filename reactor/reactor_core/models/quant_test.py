@@ -26,12 +26,17 @@ def test_dequantized_weights_are_close(bits, group_size, tol):
         assert q.qweight[...].dtype == jnp.uint8 and q.qweight[...].size == kernel.size // 2
 
 
+def _float_and_quantized(preset: str, bits: int, shape: tuple[int, int]):
+    """(config, tokens, float logits, the same-seed model quantized with groups of 32)."""
+    config = LlamaConfig.preset(preset)
+    tokens = jnp.asarray(ref.random_tokens(256, shape))
+    reference = Llama(config, rngs=nnx.Rngs(0))(tokens)
+    return config, tokens, reference, quantize_model(Llama(config, rngs=nnx.Rngs(0)), bits=bits, group_size=32)
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_model_runs_and_generates(bits):
-    config = LlamaConfig.preset("tiny")
-    tokens = jnp.asarray(ref.random_tokens(256, (1, 16)))
-    reference = Llama(config, rngs=nnx.Rngs(0))(tokens)
-    model = quantize_model(Llama(config, rngs=nnx.Rngs(0)), bits=bits, group_size=32)
+    _, tokens, reference, model = _float_and_quantized("tiny", bits, (1, 16))
     assert isinstance(model.model.layers[0].mlp.down_proj, QuantizedLinear)
     assert isinstance(model.lm_head, QuantizedLinear)
     assert not any(isinstance(v, nnx.Param) and v[...].dtype in (jnp.int8, jnp.uint8) for _, v in nnx.iter_graph(model))
@@ -42,10 +47,7 @@ def test_quantized_model_runs_and_generates(bits):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_tied_head_gets_an_int8_copy_that_makes_the_logits(bits):
-    config = LlamaConfig.preset("tiny-tied")
-    tokens = jnp.asarray(ref.random_tokens(256, (2, 12)))
-    reference = Llama(config, rngs=nnx.Rngs(0))(tokens)
-    model = quantize_model(Llama(config, rngs=nnx.Rngs(0)), bits=bits, group_size=32)
+    config, tokens, reference, model = _float_and_quantized("tiny-tied", bits, (2, 12))
     head = model.quantized_head
     assert head.bits == 8 and (head.in_features, head.out_features) == (config.hidden_size, config.vocab_size)
     assert head.qweight[...].dtype == jnp.int8
