@@ -213,7 +213,7 @@ async def chat_completions(request: Request):
     messages, images = req.chat_messages()
     route = await route_for(state, req.model, has_image=bool(images))
     prompt_tokens = await run_in_threadpool(route.model.count_tokens, messages)
-    max_tokens = max_tokens_for(state, req.requested_max_tokens, prompt_tokens, route.info.context_length)
+    max_tokens = max_tokens_for(state, req.requested_max_tokens, prompt_tokens, route.model.context_length)
     sampling = req.sampling(state.sampling, max_tokens=max_tokens)
     job = submit(state, lambda: route.model.chat_stream(messages, **sampling.kwargs()))
     cid, created, served_id = (
@@ -308,7 +308,7 @@ async def text_completions(request: Request):
     prompt = req.text
     # The chat-template count is an upper bound of the raw prompt's tokens: a safe check.
     prompt_tokens = await run_in_threadpool(route.model.count_tokens, prompt)
-    max_tokens = max_tokens_for(state, req.requested_max_tokens, prompt_tokens, route.info.context_length)
+    max_tokens = max_tokens_for(state, req.requested_max_tokens, prompt_tokens, route.model.context_length)
     sampling = req.sampling(state.sampling, max_tokens=max_tokens)
     # raw=True: a completion continues the text as given, without the chat template.
     job = submit(state, lambda: route.model.stream(prompt, raw=True, **sampling.kwargs()))

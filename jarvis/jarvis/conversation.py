@@ -52,7 +52,7 @@ def prepare_turn(
     history = [m.as_chat() for m in memory.messages(conv.id) if m.role in ("user", "assistant")]
     wanted = ([{"role": "system", "content": system}] if system else []) + history
     wanted.append({"role": "user", "content": user_text})
-    window = route.info.context_length
+    window = route.model.context_length
     fitted = context.fit(wanted, route.model.count_tokens, window=window, reserve=sampling.max_tokens)
     user = memory.add_message(conv.id, "user", user_text, attachments=attachments)
     return Turn(

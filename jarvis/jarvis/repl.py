@@ -220,7 +220,7 @@ class Session:
             fitted = context.fit(
                 wanted,
                 route.model.count_tokens,
-                window=route.info.context_length,
+                window=route.model.context_length,
                 reserve=self.sampling.max_tokens,
             )
         except ContextOverflowError as e:
@@ -408,7 +408,7 @@ class Session:
             m = route.model
             self.console.info(
                 f"model        {route.name} ({m.backend} backend, {_quantization(route)}, "
-                f"{route.info.context_length}-token window)"
+                f"{route.model.context_length}-token window)"
             )
         except PrimeError as e:
             self.console.info(f"model        unavailable: {e}")

@@ -39,6 +39,7 @@ class RouterConfig:
     device: str = "auto"
     backend: str = "auto"
     max_loaded: int = 2  # models kept in memory at once (least recently used is dropped)
+    slots: int | None = None  # conversations each model caches and decodes together (Prime's default)
 
     def __post_init__(self):
         if self.max_loaded < 1:
@@ -138,11 +139,13 @@ class Router:
                     return self._loaded[name], ()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                extra = {"slots": self.config.slots} if self.config.slots is not None else {}
                 model = self._load_fn(
                     name,
                     quantization=self.config.quantization,
                     device=self.config.device,
                     backend=self.config.backend,
+                    **extra,
                 )
             notices = tuple(str(w.message) for w in caught if issubclass(w.category, UserWarning))
             if model.info.name != name and not os.path.isdir(name) and not notices:

@@ -131,14 +131,18 @@ def build_state(
     sampling: Sampling | None = None,
     home: str | None = None,
 ) -> State:
-    router = Router(router_config or RouterConfig())
+    engine_config = engine_config or EngineConfig()
+    router_config = router_config or RouterConfig()
+    if router_config.slots is None:  # Prime batches as many conversations as the server runs at once
+        router_config = dataclasses.replace(router_config, slots=engine_config.max_active)
+    router = Router(router_config)
     sampling = sampling or Sampling()
     if config.warmup:
         conversation.warm_up(router.route(), sampling)
     return State(
         config=config,
         router=router,
-        engine=Engine(engine_config or EngineConfig()),
+        engine=Engine(engine_config),
         memory=Memory.open(home),
         sampling=sampling,
     )

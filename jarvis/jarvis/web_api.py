@@ -140,7 +140,7 @@ async def send_message(conversation_id: str, request: Request):
         **({"temperature": req.temperature} if req.temperature is not None else {})
     )
     sampling = sampling.replace(
-        max_tokens=max_tokens_for(state, req.max_tokens, 0, route.info.context_length)
+        max_tokens=max_tokens_for(state, req.max_tokens, 0, route.model.context_length)
     )
     try:
         turn = await run_in_threadpool(

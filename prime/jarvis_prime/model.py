@@ -49,6 +49,12 @@ class PrimeModel:
     def quantization(self) -> str | None:
         return self.engine.quantization
 
+    @property
+    def context_length(self) -> int:
+        """Tokens one conversation may hold here (prompt + answer): the model's window, or less
+        where the backend's per-conversation cache is smaller."""
+        return min(self.info.context_length, getattr(self.engine, "context_length", self.info.context_length))
+
     def __repr__(self) -> str:
         return f"PrimeModel({self.info.name!r}, backend={self.backend!r}, quantization={self.quantization!r})"
 
@@ -63,6 +69,7 @@ class PrimeModel:
         *,
         fallback: bool = True,
         store: Store | None = None,
+        slots: int | None = None,
     ) -> PrimeModel:
         """Loads a catalogue name or a local Hugging Face directory.
 
@@ -70,6 +77,8 @@ class PrimeModel:
         full precision where it fits, else 8/4-bit), "none" = full precision, "8bit", "4bit".
         backend: "auto" (MLX on Apple Silicon, JAX elsewhere), "jax" or "mlx".
         adapter: a PEFT LoRA directory merged on top of the base (cached in the store).
+        slots: conversations the JAX engine keeps cached and decodes together (default 4; a
+        server passes its concurrency).
         """
         quant = catalogue.check_quantization(quantization)
         machine = Machine.detect()
@@ -85,7 +94,15 @@ class PrimeModel:
             path = adapters.merged(path, os.fspath(adapter), store)
         tokenizer = load_tokenizer(resolved.path)
         try:
-            engine = backends.load(chosen, path, resolved.hf_config, quantization=quant, device=device, store=store)
+            engine = backends.load(
+                chosen,
+                path,
+                resolved.hf_config,
+                quantization=quant,
+                device=device,
+                store=store,
+                slots=slots,
+            )
         except PrimeError:
             raise
         except MemoryError:
@@ -156,16 +173,16 @@ class PrimeModel:
         params = Sampling(**sampling)
         if not prompt_ids:
             raise PrimeError("The prompt is empty after tokenization; pass some text")
-        room = self.info.context_length - len(prompt_ids)
+        room = self.context_length - len(prompt_ids)
         if room < 1:
             raise PrimeError(
                 f"The prompt is {len(prompt_ids)} tokens; {self.info.name} reads at most "
-                f"{self.info.context_length}. Trim the conversation (count_tokens() measures it)."
+                f"{self.context_length} here. Trim the conversation (count_tokens() measures it)."
             )
         if params.max_tokens > room:
             params = dataclasses.replace(params, max_tokens=room)
         return TextStream(
-            self.engine.tokens(prompt_ids, params),
+            self.engine.tokens(prompt_ids, params, stop_ids=self.eos_token_ids),
             tokenizer=self.tokenizer,
             prompt_tokens=len(prompt_ids),
             max_tokens=params.max_tokens,

@@ -30,11 +30,13 @@ def choose(backend: str, machine: Machine | None = None) -> str:
     return backend
 
 
-def load(backend: str, path: str, hf_config: dict, *, quantization, device: str, store):
+def load(backend: str, path: str, hf_config: dict, *, quantization, device: str, store, slots=None):
     if backend == "mlx":
         from jarvis_prime.backends.mlx_backend import MLXBackend
 
         return MLXBackend.load(path, hf_config, quantization=quantization, device=device, store=store)
     from jarvis_prime.backends.jax_backend import JaxBackend
 
-    return JaxBackend.load(path, hf_config, quantization=quantization, device=device, store=store)
+    return JaxBackend.load(
+        path, hf_config, quantization=quantization, device=device, store=store, slots=slots
+    )

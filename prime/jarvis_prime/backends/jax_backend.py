@@ -1,4 +1,7 @@
-"""JAX backend: reactor's Flax NNX Llama and its jitted prefill/decode `Generator`.
+"""JAX backend: reactor's Flax NNX Llama driven by Prime's generation engine (`engine.py`).
+
+Loading compiles the engine's fixed program set (or reads it from the persistent compilation
+cache under the store, `compile_cache.py`), so no request ever waits for a compile.
 
 Quantization on load is reactor's weight-only int8 / int4 (`reactor_core.models.quant`):
 integer weights in memory, dequantized inside the jitted step right before each matmul.
@@ -7,9 +10,9 @@ Float weights compute in float32 on CPU and bfloat16 on accelerators.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
+from jarvis_prime import compile_cache
 from jarvis_prime.catalogue import GROUP_SIZE, QUANT_BITS
 from jarvis_prime.errors import BackendUnavailableError, ModelNotAvailableError
 from jarvis_prime.sampling import Sampling
@@ -55,18 +58,27 @@ def _device(device: str):
 class JaxBackend:
     name = "jax"
 
-    def __init__(self, generator, *, quantization: str | None, device, path: str):
-        self.generator = generator
+    def __init__(self, engine, model, *, quantization: str | None, device, path: str, warm_up_s: float):
+        self.engine = engine  # jarvis_prime.engine.GenerationEngine
+        self.model = model
         self.quantization = quantization
         self.device = device
         self.path = path
+        self.warm_up_s = warm_up_s  # load-time compilation (or persistent-cache reads)
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.capacity
 
     @classmethod
-    def load(cls, path: str, hf_config: dict, *, quantization: str | None, device: str, store: Store) -> JaxBackend:
+    def load(
+        cls, path: str, hf_config: dict, *, quantization: str | None, device: str, store: Store, slots: int | None = None
+    ) -> JaxBackend:
         jax = _jax()
         from reactor_core.formats import hf
-        from reactor_core.generation.generate import Generator
         from reactor_core.models import quant
+
+        from jarvis_prime.engine import EngineConfig, GenerationEngine
 
         if hf_config.get("quantization"):
             raise ModelNotAvailableError(
@@ -74,6 +86,7 @@ class JaxBackend:
                 "backend='mlx', or pass the float directory and quantization='8bit'/'4bit'"
             )
         dev = _device(device)
+        compile_cache.enable(store)
         compute = "float32" if dev.platform == "cpu" else "bfloat16"
         params = _rough_params(hf_config)
         storage = "bfloat16" if params > _FLOAT32_LIMIT_PARAMS else compute
@@ -81,29 +94,25 @@ class JaxBackend:
             model, _ = hf.load_hf_dir(path, dtype=compute, param_dtype=storage)
             if quantization is not None:
                 quant.quantize_model(model, bits=QUANT_BITS[quantization], group_size=GROUP_SIZE)
-            generator = Generator(model)
-        return cls(generator, quantization=quantization, device=dev, path=path)
+            engine_config = EngineConfig() if slots is None else EngineConfig(slots=slots)
+            engine = GenerationEngine(
+                model, engine_config, context_length=hf_config.get("max_position_embeddings"), device=dev
+            )
+            seconds = engine.warm_up()
+        return cls(engine, model, quantization=quantization, device=dev, path=path, warm_up_s=seconds)
 
-    def tokens(self, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
-        """Yields generated token ids, one jitted step each; prefill happens on the first."""
-        from reactor_core.generation.sampling import SamplingConfig
+    def tokens(self, prompt_ids: list[int], sampling: Sampling, stop_ids=frozenset()) -> Iterator[int]:
+        """Yields generated token ids as the engine produces them; prefill happens before the first."""
+        from jarvis_prime.engine import random_seed
 
-        seed = sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little")
-        config = SamplingConfig(
-            temperature=float(sampling.temperature),
-            top_k=sampling.top_k,
-            top_p=float(sampling.top_p),
-            min_p=float(sampling.min_p),
-            repetition_penalty=float(sampling.repetition_penalty),
-            seed=seed,
+        seed = sampling.seed if sampling.seed is not None else random_seed()
+        request = self.engine.submit(
+            prompt_ids, sampling, stop_ids=stop_ids, max_tokens=sampling.max_tokens, seed=seed
         )
-        # Stopping on EOS is the stream's decision: the generator runs to max_tokens.
-        steps = self.generator.stream([prompt_ids], max_new_tokens=sampling.max_tokens, sampling=config, stop_ids=[])
         try:
-            for step in steps:
-                yield int(step[0])
+            yield from request
         finally:
-            steps.close()
+            request.cancel()
 
     def score(self, ids: list[int]):
         """One forward pass over `ids`: (log p(ids[t+1] | ids[:t+1]), argmax prediction) per t, each (T-1,)."""
@@ -114,7 +123,7 @@ class JaxBackend:
         n = bucket(len(ids))
         tokens = np.zeros((1, n), np.int32)
         tokens[0, : len(ids)] = ids  # right padding: causal attention never looks ahead
-        logprobs, argmax = _score(self.generator.graphdef, self.generator.state, jnp.asarray(tokens))
+        logprobs, argmax = _score(self.engine.graphdef, self.engine.state, jnp.asarray(tokens))
         return np.asarray(logprobs)[0, : len(ids) - 1], np.asarray(argmax)[0, : len(ids) - 1]
 
 

@@ -115,7 +115,7 @@ class MLXBackend:
             model, _ = load_model(Path(path))
         return cls(model, quantization=quantization, device=dev, path=path)
 
-    def tokens(self, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
+    def tokens(self, prompt_ids: list[int], sampling: Sampling, stop_ids=frozenset()) -> Iterator[int]:
         """Yields generated token ids, one model step each; prefill happens on the first."""
         mx = _mlx()
         from mlx_lm.generate import generate_step

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from reactor_core.models import axes, kv_cache
+from reactor_core.models import axes, kv_cache, slot_cache
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.rope import apply_rope
 
@@ -66,6 +66,18 @@ def kernel_enabled() -> bool:
         return False
     mesh = jax.sharding.get_abstract_mesh()
     return mesh.empty or mesh.size == 1
+
+
+def _cache_kernel():
+    """MLForge's slot-cache attention (reads only the used part of each row) where it applies:
+    the CPU backend on one device; REACTOR_ATTENTION=xla selects the XLA formulation."""
+    if os.environ.get("REACTOR_ATTENTION", "mlforge") == "xla" or jax.default_backend() != "cpu":
+        return None
+    if jax.device_count() != 1:
+        return None
+    from mlforge import jax_ops  # lazily: only CPU generation needs it
+
+    return getattr(jax_ops, "cache_attention", None)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
@@ -156,3 +168,24 @@ class Attention(nnx.Module):
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(self.dtype))  # (B, T, KVH, G, D)
         out = out.reshape(b, t, self.num_heads * d)  # (B, T, H*D)
         return self.o_proj(out), new_kv
+
+    def forward_slots(self, x, cos, sin, k_cache, v_cache, slots, positions):
+        """x (B, T, E) at `positions` (B, T) of cache rows `slots` (B,) (see slot_cache).
+
+        Writes this call's keys/values into the caches (N, S, KVH, D) and attends over each
+        row up to the query's position; returns (out (B, T, E), k_cache, v_cache).
+        """
+        b, t, _ = x.shape
+        d, kvh = self.head_dim, self.num_kv_heads
+        q = apply_rope(self.q_proj(x).reshape(b, t, self.num_heads, d), cos, sin)  # (B, T, H, D)
+        k = apply_rope(self.k_proj(x).reshape(b, t, kvh, d), cos, sin)  # (B, T, KVH, D)
+        v = self.v_proj(x).reshape(b, t, kvh, d)  # (B, T, KVH, D)
+        k_cache = slot_cache.write(k_cache, k, slots, positions)
+        v_cache = slot_cache.write(v_cache, v, slots, positions)
+        kernel = _cache_kernel() if k_cache.dtype == jnp.float32 else None
+        if kernel is not None:
+            out = kernel(q.astype(jnp.float32), k_cache, v_cache, slots, positions)  # (B, T, H, D)
+        else:
+            out = slot_cache.attend(q, k_cache, v_cache, slots, positions)  # (B, T, H, D)
+        out = out.astype(self.dtype).reshape(b, t, self.num_heads * d)
+        return self.o_proj(out), k_cache, v_cache

@@ -19,6 +19,7 @@ from reactor_core.models.attention import Attention, _linear, attention_mask, do
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.kv_cache import KVCache
 from reactor_core.models.norms import RMSNorm
+from reactor_core.models.slot_cache import SlotCache
 from reactor_core.models.rope import inverse_frequencies, rope_tables
 
 # Prompts longer than this run prefill attention in query blocks of this many slots
@@ -147,6 +148,31 @@ class Llama(nnx.Module):
         logits = self._logits(x[:, -1:])[:, 0]  # (B, V)
         cache = KVCache.from_prompt(new_kv, segment_ids, max_length, jnp.dtype(self.config.dtype))
         return logits, cache
+
+    def forward_slots(
+        self, tokens: jax.Array, *, positions: jax.Array, slots: jax.Array, last: jax.Array, cache: SlotCache
+    ) -> tuple[jax.Array, SlotCache]:
+        """The generation engine's one step: a prefill chunk (B=1, T=chunk) or a decode batch (B, T=1).
+
+        tokens/positions (B, T) with positions < 0 for padding; row b lives in cache row slots[b]
+        (see `slot_cache`). Returns the float32 logits (B, V) of token last[b] of each row (the
+        LM head runs on that one token only) and the updated cache.
+        """
+        cfg = self.config
+        x = self.model.embed_tokens(tokens)  # (B, T, E)
+        inv_freq = inverse_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling)  # (D/2,)
+        cos, sin = rope_tables(jnp.maximum(positions, 0), inv_freq, jnp.dtype(cfg.dtype))  # (B, T, 1, D)
+        keys, values = [], []
+        for i, layer in enumerate(self.model.layers):
+            h, k, v = layer.self_attn.forward_slots(
+                layer.input_layernorm(x), cos, sin, cache.keys[i], cache.values[i], slots, positions
+            )
+            x = x + h  # (B, T, E)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))  # (B, T, E)
+            keys.append(k)
+            values.append(v)
+        picked = jnp.take_along_axis(x, last[:, None, None], axis=1)  # (B, 1, E)
+        return self._logits(picked)[:, 0], SlotCache(keys=tuple(keys), values=tuple(values))
 
     def _forward(self, tokens, positions, mask, cache: KVCache | None, prefill: bool = False, segment_ids=None):
         """Embedding and decoder layers -> (hidden (B, T, E) before the final norm, per-layer keys/values).

@@ -1,0 +1,41 @@
+"""JAX's persistent compilation cache under the Prime store, so a second launch compiles nothing.
+
+    directory = compile_cache.enable(store)   # $PRIME_COMPILE_CACHE, else <store>/xla-cache
+
+Every program the generation engine warms up is written there on first use and read back by
+later processes with the same model shapes, JAX and CPU. A cache directory the user already
+configured (jax_compilation_cache_dir) is kept.
+"""
+
+from __future__ import annotations
+
+import os
+
+from jarvis_prime.store import Store
+
+ENV = "PRIME_COMPILE_CACHE"
+
+
+def directory(store: Store) -> str:
+    return os.path.expanduser(os.environ.get(ENV) or os.path.join(store.root, "xla-cache"))
+
+
+def enable(store: Store) -> str | None:
+    """Points JAX at the cache directory (created if missing); None when it cannot be written."""
+    import jax
+
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return configured
+    path = directory(store)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Cache every program, however quick to compile: a cold start pays for all of them.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
