@@ -8,7 +8,7 @@ The only module Python code imports; `_mlforge` (C++ via pybind11) stays private
     blocks = mlforge.gguf_quantize(x, "Q8_0")                          # == gguf.quants.quantize
     x_hat = mlforge.gguf_dequantize(blocks, "Q8_0", x.shape)
     packed = mlforge.pack(tokens, lengths, seq_len=2048)                # -> PackResult
-    y = mlforge.qmatmul(x, wq, scales, bits=4, group_size=64)           # weight-only int4/int8
+    y = mlforge.qmatmul(x, wq, scales, bits=4, group_size=64)           # int8 x, int4/int8 W
 
 Inside jitted JAX code use `mlforge.jax_ops` (XLA FFI) instead; importing mlforge does
 not import jax.
@@ -167,18 +167,25 @@ def pack(
     return PackResult(*out)
 
 
-def qmatmul(x: Any, wq: Any, scales: Any, *, bits: int, group_size: int) -> np.ndarray:
+def qmatmul(
+    x: Any, wq: Any, scales: Any, *, bits: int, group_size: int, activations: str = "int8"
+) -> np.ndarray:
     """y (M, O) = x (M, I) @ W.T for weight-only quantized W (layout: mlforge/qmatmul.h).
 
     x float32 (M, I); wq int8 (O, I) for bits=8 or uint8 (O, I / 2) for bits=4;
     scales float32 (O, I / group_size). W[o, i] = q[o, i] * scales[o, i // group_size].
     Meant for few rows (decode); `mlforge.jax_ops.quantize_weight` makes wq and scales.
+    activations "int8" (default): x is first quantized per block of 32 inputs and the dots
+    run on integers (llama.cpp's Q8_0 scheme; definition in mlforge/qmatmul.h), for groups
+    that hold whole blocks (int8: group_size % 32 == 0; int4: 32 or a multiple of 64);
+    "float", or any other group size: float dots of x with q * scale.
     """
     x, wq, scales = _array(x, "x"), _array(wq, "wq"), _array(scales, "scales")
     bits, group_size = _int_arg(bits, "bits"), _int_arg(group_size, "group_size")
-    return _mlforge.qmatmul(x, wq, scales, bits, group_size)
+    return _mlforge.qmatmul(x, wq, scales, bits, group_size, activations)
 
 
 def runtime_info() -> dict[str, Any]:
-    """The SIMD level in use ("avx512", "avx2" or "scalar"), the detected one, and threads."""
+    """The SIMD level in use ("avx512", "avx2" or "scalar"), the detected one, threads, and
+    the int8-activation qmatmul kernel ("avx512_vnni", "avx_vnni", "avx2" or "scalar")."""
     return dict(_mlforge.runtime_info())

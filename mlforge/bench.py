@@ -3,19 +3,26 @@
     bazel run //mlforge:bench
     bazel run //mlforge:bench -- --size=2048 --repeats=3
     bazel run //mlforge:bench -- --gemv          # decode GEMV: MLForge int8/int4 vs XLA
+    bazel run //mlforge:bench -- --cache_attention  # slot KV cache attention vs XLA
 
 Quantize/dequantize rows report GB/s of float32 data (the input of quantize, the output
 of dequantize) on a size x size matrix with group_size 64; best of --repeats runs.
 Packing reports tokens/s on 1M sequences of random lengths 1..64 into rows of 1024.
 
 --gemv times y = x @ W for one activation row on SmolLM2-135M's shapes (in x out), as
-jitted JAX: MLForge's FFI kernel on int8/int4 weights, XLA's dequantize + dot on the same
-weights (what QuantizedLinear did before), and XLA's float32 dot. GB/s counts the bytes
+jitted JAX: MLForge's FFI kernel on int8/int4 weights with float32 activations and with
+activations quantized to int8 blocks (integer dots, QuantizedLinear's decode path), XLA's
+dequantize + dot on the same weights, and XLA's float32 dot. GB/s counts the bytes
 each one must read (int8: 1 per weight, int4: 1/2, float32: 4, plus scales), so equal
 GB/s on int4 means 8x the float32 speed. Each call cycles through enough copies of the
 weights (>= 48 MB) that they stream from memory, as in decode. Then a table of
 microseconds per call for 1..64 rows shows where dequantize + dot catches up (the
 crossover QuantizedLinear uses).
+
+--cache_attention times jax_ops.cache_attention against a jitted XLA einsum over each
+row's whole cache with a causal mask (SmolLM2-135M heads: H=9, KVH=3, D=64; N=16 slots of
+S=4096): microseconds per call for decode (T=1) and two prefill chunks (B=1), at used
+lengths 128..4096. The kernel reads only the used keys; the einsum reads all S.
 """
 
 from __future__ import annotations
@@ -173,13 +180,16 @@ def format_table(rows: list[Row]) -> list[str]:
     return [line(header), "-" * len(line(header))] + [line(r) for r in rows]
 
 
-GEMV_SHAPES = [(576, 576), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
+GEMV_SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
 GEMV_GROUP = {8: None, 4: 64}  # as Prime's "8bit" / "4bit" (int8 per channel)
 STREAM_BYTES = 48 << 20
 
 
 def _gemv_fns(n_in: int, n_out: int, bits: int | None, rows: int):
-    """(jitted fn, its args, bytes read per matmul, copies) for one method and shape."""
+    """({method: jitted fn}, its args, bytes read per matmul, copies) for one shape.
+
+    Methods: "f32" (XLA float32 dot) without bits; else "float x" and "int8 x" (MLForge's
+    kernel with float or int8-block activations) and "xla" (dequantize + dot)."""
     import jax
     import jax.numpy as jnp
 
@@ -192,20 +202,26 @@ def _gemv_fns(n_in: int, n_out: int, bits: int | None, rows: int):
         nbytes = w.nbytes
         copies = max(1, min(64, -(-STREAM_BYTES // nbytes)))
         ws = [jnp.asarray(w + np.float32(k)) for k in range(copies)]
-        return jax.jit(lambda x, ws: [x @ w for w in ws]), (x, ws), nbytes, copies, None
+        return {"f32": jax.jit(lambda x, ws: [x @ w for w in ws])}, (x, ws), nbytes, copies
     group = GEMV_GROUP[bits] or n_in
     wq, scales = jax_ops.quantize_weight(w, bits=bits, group_size=group)
     nbytes = wq.nbytes + scales.nbytes
     copies = max(1, min(256, -(-STREAM_BYTES // nbytes)))
     qs = [(wq + 0, scales * (1 + k)) for k in range(copies)]  # distinct buffers
 
-    def ours(x, qs):
-        return [jax_ops.qmatmul(x, q, s, bits=bits, group_size=group) for q, s in qs]
+    def ours(activations):
+        return jax.jit(
+            lambda x, qs: [
+                jax_ops.qmatmul(x, q, s, bits=bits, group_size=group, activations=activations)
+                for q, s in qs
+            ]
+        )
 
     def xla(x, qs):
         return [x @ jax_ops.dequantize_weight(q, s, bits=bits, group_size=group).T for q, s in qs]
 
-    return jax.jit(ours), (x, qs), nbytes, copies, jax.jit(xla)
+    fns = {"float x": ours("float"), "int8 x": ours("int8"), "xla": jax.jit(xla)}
+    return fns, (x, qs), nbytes, copies
 
 
 def _per_call(fn, args, copies: int, repeats: int) -> float:
@@ -214,37 +230,37 @@ def _per_call(fn, args, copies: int, repeats: int) -> float:
     return best_seconds(lambda: jax.block_until_ready(fn(*args)), repeats) / copies
 
 
-def gemv_rows(repeats: int) -> list[Row]:
-    rows: list[Row] = []
+def gemv_rows(repeats: int) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for n_in, n_out in GEMV_SHAPES:
-        cells = {}
+        fns, args, nbytes, copies = _gemv_fns(n_in, n_out, None, 1)
+        f32 = gb_per_s(nbytes, _per_call(fns["f32"], args, copies, repeats))
         for bits in (8, 4):
-            ours, args, nbytes, copies, xla = _gemv_fns(n_in, n_out, bits, 1)
-            cells[bits] = (
-                gb_per_s(nbytes, _per_call(ours, args, copies, repeats)),
-                gb_per_s(nbytes, _per_call(xla, args, copies, repeats)),
+            fns, args, nbytes, copies = _gemv_fns(n_in, n_out, bits, 1)
+            t = {k: _per_call(fn, args, copies, repeats) for k, fn in fns.items()}
+            rows.append(
+                (
+                    f"{n_in}x{n_out}",
+                    f"int{bits}",
+                    gb_per_s(nbytes, t["float x"]),
+                    f"{t['float x'] * 1e6:.1f}",
+                    gb_per_s(nbytes, t["int8 x"]),
+                    f"{t['int8 x'] * 1e6:.1f}",
+                    f"{t['float x'] / t['int8 x']:.2f}x",
+                    gb_per_s(nbytes, t["xla"]),
+                    f32,
+                )
             )
-        f32, args, nbytes, copies, _ = _gemv_fns(n_in, n_out, None, 1)
-        rows.append(
-            (
-                f"{n_in}x{n_out}",
-                cells[8][0],
-                cells[4][0],
-                cells[8][1],
-                cells[4][1],
-                gb_per_s(nbytes, _per_call(f32, args, copies, repeats)),
-            )
-        )
     return rows
 
 
-def crossover_rows(repeats: int, shape=(576, 1536)) -> list[Row]:
-    rows: list[Row] = []
+def crossover_rows(repeats: int, shape=(576, 1536)) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for m in (1, 2, 4, 8, 16, 32, 64, 128, 256):
         cells = []
         for bits in (8, 4):
-            ours, args, _, copies, xla = _gemv_fns(*shape, bits, m)
-            cells += [_per_call(ours, args, copies, repeats), _per_call(xla, args, copies, repeats)]
+            fns, args, _, copies = _gemv_fns(*shape, bits, m)
+            cells += [_per_call(fns[k], args, copies, repeats) for k in ("float x", "int8 x", "xla")]
         rows.append((str(m), *(f"{t * 1e6:.1f}" for t in cells)))
     return rows
 
@@ -265,21 +281,94 @@ def main_gemv(repeats: int) -> None:
 
     info = mlforge.runtime_info()
     print(
-        f"GEMV, 1 row, float32 activations: GB/s of weight bytes read (higher is better); "
-        f"isa={info['isa']}, threads={info['threads']}, jax {jax.__version__}, best of {repeats}"
+        f"GEMV, 1 row: GB/s of weight bytes read (higher is better) and us per call; MLForge "
+        f"with float32 activations and with int8 blocks of 32 (int8 kernel "
+        f"{info['int8_kernel']}); isa={info['isa']}, threads={info['threads']}, "
+        f"jax {jax.__version__}, best of {repeats}"
     )
     header = (
         "in x out",
-        "MLForge int8",
-        "MLForge int4",
-        "XLA deq+dot int8",
-        "XLA deq+dot int4",
-        "XLA f32 dot",
+        "W",
+        "float x GB/s",
+        "float x us",
+        "int8 x GB/s",
+        "int8 x us",
+        "int8 x speedup",
+        "XLA deq+dot GB/s",
+        "XLA f32 dot GB/s",
     )
     print("\n".join(format_columns(header, gemv_rows(repeats))))
     print("\nus per call on 576x1536 by activation rows (lower is better)")
-    header = ("rows", "MLForge int8", "XLA deq+dot int8", "MLForge int4", "XLA deq+dot int4")
+    header = ("rows", *(f"int{b} {k}" for b in (8, 4) for k in ("float x", "int8 x", "XLA deq+dot")))
     print("\n".join(format_columns(header, crossover_rows(repeats))))
+
+
+CACHE_SLOTS, CACHE_LEN, CACHE_HEADS, CACHE_KV_HEADS, CACHE_HEAD_DIM = 16, 4096, 9, 3, 64
+
+
+def _masked_einsum_attention(q, k_cache, v_cache, slots, q_positions):
+    """The XLA baseline: attention over each row's whole cache, keys past a query masked."""
+    import jax
+    import jax.numpy as jnp
+
+    b, t, h, d = q.shape
+    _, s, kvh, _ = k_cache.shape
+    k, v = k_cache[slots], v_cache[slots]  # (B, S, KVH, D)
+    qg = q.reshape(b, t, kvh, h // kvh, d)  # (B, T, KVH, G, D)
+    scores = jnp.einsum("btjgd,bsjd->btjgs", qg, k) * d**-0.5  # (B, T, KVH, G, S)
+    mask = jnp.arange(s)[None, None, :] <= q_positions[:, :, None]  # (B, T, S)
+    scores = jnp.where(mask[:, :, None, None, :], scores, -1e30)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("btjgs,bsjd->btjgd", probs, v).reshape(b, t, h, d)
+    return jnp.where((q_positions >= 0)[:, :, None, None], out, 0.0)
+
+
+def cache_attention_rows(repeats: int) -> list[tuple[str, ...]]:
+    import jax
+
+    from mlforge import jax_ops
+
+    rng = np.random.default_rng(0)
+    shape = (CACHE_SLOTS, CACHE_LEN, CACHE_KV_HEADS, CACHE_HEAD_DIM)
+    k = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+    v = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+    ours, xla = jax.jit(jax_ops.cache_attention), jax.jit(_masked_einsum_attention)
+    cases = [(b, 1, used) for b in (1, 4, 16) for used in (128, 1024, 4096)]
+    cases += [(1, t, used) for t in (64, 256) for used in (1024, 4096)]
+    rows = []
+    for b, t, used in cases:
+        q = rng.standard_normal((b, t, CACHE_HEADS, CACHE_HEAD_DIM), dtype=np.float32)
+        slots = (np.arange(b, dtype=np.int32) * 5) % CACHE_SLOTS
+        pos = np.broadcast_to(np.arange(used - t, used, dtype=np.int32), (b, t)).copy()
+        args = (q, k, v, slots, pos)
+        diff = float(np.abs(np.asarray(ours(*args)) - np.asarray(xla(*args))).max())
+        t_ours = best_seconds(lambda: jax.block_until_ready(ours(*args)), repeats)
+        t_xla = best_seconds(lambda: jax.block_until_ready(xla(*args)), repeats)
+        rows.append(
+            (
+                "decode" if t == 1 else f"chunk T={t}",
+                str(b),
+                str(used),
+                f"{t_ours * 1e6:.0f}",
+                f"{t_xla * 1e6:.0f}",
+                f"{t_xla / t_ours:.1f}x",
+                f"{diff:.1e}",
+            )
+        )
+    return rows
+
+
+def main_cache_attention(repeats: int) -> None:
+    import jax
+
+    info = mlforge.runtime_info()
+    print(
+        f"cache_attention, us per call (lower is better): H={CACHE_HEADS}, "
+        f"KVH={CACHE_KV_HEADS}, D={CACHE_HEAD_DIM}, N={CACHE_SLOTS}, S={CACHE_LEN}; "
+        f"isa={info['isa']}, threads={info['threads']}, jax {jax.__version__}, best of {repeats}"
+    )
+    header = ("step", "B", "used", "MLForge", "XLA masked einsum", "speedup", "max |diff|")
+    print("\n".join(format_columns(header, cache_attention_rows(repeats))))
 
 
 def main() -> None:
@@ -287,9 +376,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096, help="matrix is size x size float32")
     parser.add_argument("--repeats", type=int, default=5, help="best of this many timed runs")
     parser.add_argument("--gemv", action="store_true", help="decode GEMV table (JAX) instead")
+    parser.add_argument(
+        "--cache_attention", action="store_true", help="KV cache attention table (JAX) instead"
+    )
     args = parser.parse_args()
     if args.gemv:
         main_gemv(args.repeats)
+        return
+    if args.cache_attention:
+        main_cache_attention(args.repeats)
         return
     mx.set_default_device(mx.cpu)
     info = mlforge.runtime_info()

@@ -332,7 +332,13 @@ py::tuple pack_py(const py::object& tokens_obj, const py::object& lengths_obj, i
 // --- weight-only quantized matmul (layout in qmatmul.h) ------------------------------
 
 py::array qmatmul_py(const py::object& x_obj, const py::object& wq_obj,
-                     const py::object& scales_obj, int bits, int64_t group_size) {
+                     const py::object& scales_obj, int bits, int64_t group_size,
+                     const std::string& activations) {
+  if (activations != "int8" && activations != "float") {
+    throw std::invalid_argument("activations must be \"int8\" or \"float\"; got \"" +
+                                activations + "\"");
+  }
+  const Activations act = activations == "int8" ? Activations::kInt8 : Activations::kFloat;
   py::array x = as_array(x_obj, "x");
   py::array wq = as_array(wq_obj, "wq");
   py::array scales = as_array(scales_obj, "scales");
@@ -367,7 +373,7 @@ py::array qmatmul_py(const py::object& x_obj, const py::object& wq_obj,
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release release;
-    qmatmul(shape, xp, wp, sp, yp);
+    qmatmul(shape, xp, wp, sp, yp, act);
   }
   return y;
 }
@@ -407,14 +413,16 @@ PYBIND11_MODULE(_mlforge, m) {
   m.def("pack", &pack_py, py::arg("tokens"), py::arg("lengths"), py::arg("seq_len"),
         py::arg("loss_mask"), py::arg("truncate"), py::arg("pad_id"));
   m.def("qmatmul", &qmatmul_py, py::arg("x"), py::arg("wq"), py::arg("scales"), py::arg("bits"),
-        py::arg("group_size"));
+        py::arg("group_size"), py::arg("activations"));
   m.def("runtime_info", [] {
     py::dict info;
     info["isa"] = isa_name(active_isa());
     info["detected_isa"] = isa_name(detected_isa());
     info["threads"] = num_threads();
+    info["int8_kernel"] = qmatmul_int8_kernel();
     return info;
   });
   m.def(
       "set_max_isa", [](const std::string& name) { set_max_isa(parse_isa(name)); }, py::arg("isa"));
+  m.def("set_vnni", &set_vnni, py::arg("enabled"));
 }

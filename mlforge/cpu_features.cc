@@ -32,6 +32,33 @@ std::atomic<int>& cap() {
   return value;
 }
 
+struct Vnni {
+  bool avx512 = false, avx = false;
+};
+
+Vnni detect_vnni() {
+  Vnni v;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  v.avx512 = __builtin_cpu_supports("avx512vnni");
+  v.avx = __builtin_cpu_supports("avxvnni");
+#endif
+  return v;
+}
+
+std::atomic<bool>& vnni_enabled() {
+  static std::atomic<bool> value{[] {
+    const char* v = std::getenv("MLFORGE_VNNI");
+    return v == nullptr || std::strcmp(v, "off") != 0;
+  }()};
+  return value;
+}
+
+const Vnni& detected_vnni() {
+  static const Vnni v = detect_vnni();
+  return v;
+}
+
 }  // namespace
 
 const char* isa_name(Isa isa) {
@@ -57,5 +84,17 @@ Isa active_isa() {
 }
 
 void set_max_isa(Isa isa) { cap().store(static_cast<int>(isa), std::memory_order_relaxed); }
+
+bool avx512_vnni() {
+  return detected_vnni().avx512 && active_isa() == Isa::kAvx512 &&
+         vnni_enabled().load(std::memory_order_relaxed);
+}
+
+bool avx_vnni() {
+  return detected_vnni().avx && active_isa() >= Isa::kAvx2 &&
+         vnni_enabled().load(std::memory_order_relaxed);
+}
+
+void set_vnni(bool enabled) { vnni_enabled().store(enabled, std::memory_order_relaxed); }
 
 }  // namespace mlforge

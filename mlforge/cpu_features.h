@@ -18,6 +18,14 @@ Isa active_isa();
 // Caps the level for this process; tests use it to check every path against scalar.
 void set_max_isa(Isa isa);
 
+// Integer dot-product extensions, apart from Isa because they do not nest with it
+// (Cascade Lake has AVX512-VNNI but no AVX-VNNI; Alder Lake the reverse; Zen 2 neither).
+// Each is detected support, within the Isa cap, and not turned off by set_vnni(false) or
+// the env MLFORGE_VNNI=off (tests use that to reach the AVX2 maddubs path on VNNI CPUs).
+bool avx512_vnni();  // vpdpbusd on zmm: needs active_isa() == kAvx512
+bool avx_vnni();     // VEX vpdpbusd on ymm: needs active_isa() >= kAvx2
+void set_vnni(bool enabled);
+
 }  // namespace mlforge
 
 #endif  // MLFORGE_CPU_FEATURES_H_

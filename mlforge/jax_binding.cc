@@ -8,6 +8,7 @@
 #include <string>
 
 #include "mlforge/attention.h"
+#include "mlforge/cache_attention.h"
 #include "mlforge/qmatmul.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -26,6 +27,8 @@ std::string dims_str(ffi::Span<const int64_t> d) {
 // x (M, I) f32, wq (O, I) s8 or (O, I / 2) u8, scales (O, I / group) f32 -> y (M, O) f32.
 // jax_ops.py flattens leading dims and checks shapes first; these checks guard the
 // handler against any other caller, since a wrong shape here would read out of bounds.
+// Two targets: mlforge_qmatmul (float activations), mlforge_qmatmul_q8 (int8 blocks).
+template <Activations kAct>
 ffi::Error QMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer wq, ffi::Buffer<ffi::F32> scales,
                        ffi::ResultBuffer<ffi::F32> y, int64_t bits, int64_t group_size) {
   auto xd = x.dimensions(), wd = wq.dimensions(), sd = scales.dimensions(),
@@ -48,11 +51,20 @@ ffi::Error QMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::AnyBuffer wq, ffi::Buffer<f
         ", scales " + dims_str(sd) + ", y " + dims_str(yd) + ", bits " + std::to_string(bits) +
         ", group_size " + std::to_string(group_size));
   }
-  qmatmul(shape, x.typed_data(), wq.untyped_data(), scales.typed_data(), y->typed_data());
+  qmatmul(shape, x.typed_data(), wq.untyped_data(), scales.typed_data(), y->typed_data(), kAct);
   return ffi::Error::Success();
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QMatmulHandler, QMatmulImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QMatmulHandler, QMatmulImpl<Activations::kFloat>,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("bits")
+                                  .Attr<int64_t>("group_size"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QMatmulQ8Handler, QMatmulImpl<Activations::kInt8>,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()
@@ -148,6 +160,48 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AttentionBwdHandler, AttentionBwdImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
 
+// q (B, T, H, D), k/v cache (N, S, KVH, D), slots (B,), q_positions (B, T) -> out like q.
+// Slots and positions are checked by the core before it reads the caches.
+ffi::Error CacheAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                              ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> slots,
+                              ffi::Buffer<ffi::S32> pos, ffi::ResultBuffer<ffi::F32> out,
+                              float scale) {
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), sd = slots.dimensions(),
+       pd = pos.dimensions();
+  const auto bad = [&](const char* what) {
+    return ffi::Error::InvalidArgument(
+        std::string("mlforge_cache_attention: ") + what + ": q " + dims_str(qd) + ", k_cache " +
+        dims_str(kd) + ", v_cache " + dims_str(vd) + ", slots " + dims_str(sd) +
+        ", q_positions " + dims_str(pd));
+  };
+  if (qd.size() != 4) return bad("q must be (B, T, H, D)");
+  if (kd.size() != 4 || kd[3] != qd[3]) return bad("k_cache must be (N, S, KVH, D)");
+  if (vd.size() != 4 || vd[0] != kd[0] || vd[1] != kd[1] || vd[2] != kd[2] || vd[3] != kd[3]) {
+    return bad("v_cache must have k_cache's shape");
+  }
+  if (sd.size() != 1 || sd[0] != qd[0]) return bad("slots must be (B,)");
+  if (pd.size() != 2 || pd[0] != qd[0] || pd[1] != qd[1]) return bad("q_positions must be (B, T)");
+  if (out->element_count() != q.element_count()) return bad("out must have q's shape");
+  const CacheAttentionShape shape{qd[0], qd[1], qd[2], kd[2], qd[3], kd[0], kd[1]};
+  try {
+    cache_attention(shape, scale, q.typed_data(), k.typed_data(), v.typed_data(),
+                    slots.typed_data(), pos.typed_data(), out->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::InvalidArgument(std::string("mlforge_cache_attention: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CacheAttentionHandler, CacheAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));
+
 }  // namespace
 }  // namespace mlforge
 
@@ -156,9 +210,12 @@ PYBIND11_MODULE(_mlforge_jax, m) {
   m.def("handlers", [] {
     py::dict d;
     d["mlforge_qmatmul"] = py::capsule(reinterpret_cast<void*>(mlforge::QMatmulHandler));
+    d["mlforge_qmatmul_q8"] = py::capsule(reinterpret_cast<void*>(mlforge::QMatmulQ8Handler));
     d["mlforge_attention"] = py::capsule(reinterpret_cast<void*>(mlforge::AttentionFwdHandler));
     d["mlforge_attention_bwd"] =
         py::capsule(reinterpret_cast<void*>(mlforge::AttentionBwdHandler));
+    d["mlforge_cache_attention"] =
+        py::capsule(reinterpret_cast<void*>(mlforge::CacheAttentionHandler));
     return d;
   });
 }

@@ -5,10 +5,12 @@
     y = jax_ops.qmatmul(x, wq, scales, bits=4, group_size=64)       # x (..., I) -> (..., O)
     w_hat = jax_ops.dequantize_weight(wq, scales, bits=4, group_size=64)  # (O, I)
 
-`qmatmul` is `x @ w_hat.T` for weight-only int8/int4 weights without materialising
-w_hat: on CPU it runs MLForge's kernel (memory-bound decode reads each weight byte once);
-on other platforms, and for gradients, it falls back to dequantize + dot. Weights are
-output-major with symmetric per-group scales (layout in mlforge/qmatmul.h).
+`qmatmul` is `x @ w_hat.T` for int8/int4 weights without materialising w_hat: on CPU it
+runs MLForge's kernel (memory-bound decode reads each weight byte once), by default with
+x quantized to int8 blocks of 32 and integer dot products (activations="int8", llama.cpp's
+Q8_0 scheme); activations="float" keeps x in float. On other platforms, and for
+gradients, it falls back to float dequantize + dot. Weights are output-major with
+symmetric per-group scales (layout and the int8 definition in mlforge/qmatmul.h).
 
 `import mlforge` never imports jax; this module does, and registers the FFI target on
 the first qmatmul call. Bad arguments raise ValueError naming the argument.
@@ -23,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["attention", "dequantize_weight", "qmatmul", "quantize_weight"]
+__all__ = ["attention", "cache_attention", "dequantize_weight", "qmatmul", "quantize_weight"]
 
-_TARGET = "mlforge_qmatmul"
+_QMATMUL_TARGETS = {"float": "mlforge_qmatmul", "int8": "mlforge_qmatmul_q8"}
 _registered = False
 _register_lock = threading.Lock()
 
@@ -100,29 +102,29 @@ def _dot_dequantized(x2: jax.Array, wq, scales, bits: int, group_size: int) -> j
     return jax.lax.dot_general(x2, w, (((1,), (1,)), ((), ())))  # (M, O)
 
 
-def _ffi(x2: jax.Array, wq, scales, bits: int, group_size: int) -> jax.Array:
+def _ffi(x2: jax.Array, wq, scales, bits: int, group_size: int, activations: str) -> jax.Array:
     out = jax.ShapeDtypeStruct((x2.shape[0], scales.shape[0]), jnp.float32)
-    call = jax.ffi.ffi_call(_TARGET, out, vmap_method="sequential")
+    call = jax.ffi.ffi_call(_QMATMUL_TARGETS[activations], out, vmap_method="sequential")
     return call(x2, wq, scales, bits=np.int64(bits), group_size=np.int64(group_size))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _qmatmul_2d(x2: jax.Array, wq, scales, bits: int, group_size: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _qmatmul_2d(x2: jax.Array, wq, scales, bits: int, group_size: int, activations: str) -> jax.Array:
     """x2 (M, I) float32 -> (M, O) float32."""
     return jax.lax.platform_dependent(
         x2,
         wq,
         scales,
-        cpu=functools.partial(_ffi, bits=bits, group_size=group_size),
+        cpu=functools.partial(_ffi, bits=bits, group_size=group_size, activations=activations),
         default=functools.partial(_dot_dequantized, bits=bits, group_size=group_size),
     )
 
 
-def _qmatmul_fwd(x2, wq, scales, bits, group_size):
-    return _qmatmul_2d(x2, wq, scales, bits, group_size), (wq, scales)
+def _qmatmul_fwd(x2, wq, scales, bits, group_size, activations):
+    return _qmatmul_2d(x2, wq, scales, bits, group_size, activations), (wq, scales)
 
 
-def _qmatmul_bwd(bits, group_size, residuals, dy):
+def _qmatmul_bwd(bits, group_size, activations, residuals, dy):
     wq, scales = residuals
     w = dequantize_weight(wq, scales, bits=bits, group_size=group_size)  # (O, I)
     dx = dy @ w  # (M, I)
@@ -134,14 +136,28 @@ _qmatmul_2d.defvjp(_qmatmul_fwd, _qmatmul_bwd)
 
 
 def qmatmul(
-    x: jax.Array, wq: jax.Array, scales: jax.Array, *, bits: int, group_size: int
+    x: jax.Array,
+    wq: jax.Array,
+    scales: jax.Array,
+    *,
+    bits: int,
+    group_size: int,
+    activations: str = "int8",
 ) -> jax.Array:
     """x (..., I) @ W.T for W = dequantize_weight(wq, scales) -> (..., O) in x's dtype.
 
     x: float32, bfloat16 or float16 (the kernel computes in float32). Works under jit,
-    vmap and grad (with respect to x). Leading dims of x are flattened into rows; the
-    kernel is meant for few rows (decode); for many, dequantize + dot is as fast.
+    vmap and grad (with respect to x; the gradient is the float dy @ W). Leading dims of
+    x are flattened into rows; the kernel is meant for few rows (decode); for many,
+    dequantize + dot is as fast.
+    activations: "int8" (default) quantizes each row per block of 32 inputs to int8 with
+    a float scale and runs integer dots (each x moves by at most half its block's step,
+    max|x| / 254, before the dot); it needs groups of whole blocks (int8: group_size
+    % 32 == 0; int4: 32 or a multiple of 64) and runs the float path otherwise. "float":
+    float dots of x with q * scale.
     """
+    if activations not in _QMATMUL_TARGETS:
+        raise ValueError(f'activations must be "int8" or "float"; got {activations!r}')
     x = jnp.asarray(x)
     if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
         raise ValueError(f"x must be float32, bfloat16 or float16; got {x.dtype}")
@@ -169,7 +185,7 @@ def qmatmul(
         return jnp.zeros((*lead, n_out), x.dtype)
     _register()
     y = _qmatmul_2d(
-        x.reshape(rows, n_in).astype(jnp.float32), wq, scales, int(bits), int(group_size)
+        x.reshape(rows, n_in).astype(jnp.float32), wq, scales, int(bits), int(group_size), activations
     )
     return y.reshape(*lead, n_out).astype(x.dtype)
 
@@ -231,3 +247,74 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, 
         q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), segment_ids.astype(jnp.int32), scale
     )
     return out.astype(q.dtype)
+
+
+def _cache_attention_ffi(q, k_cache, v_cache, slots, q_positions, scale: float):
+    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    call = jax.ffi.ffi_call("mlforge_cache_attention", out, vmap_method="sequential")
+    return call(q, k_cache, v_cache, slots, q_positions, scale=np.float32(scale))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _cache_attention(q, k_cache, v_cache, slots, q_positions, scale: float):
+    return _cache_attention_ffi(q, k_cache, v_cache, slots, q_positions, scale)
+
+
+@_cache_attention.defjvp
+def _cache_attention_jvp(scale, primals, tangents):
+    raise TypeError(
+        "cache_attention is forward-only (inference) and cannot be differentiated; "
+        "use jax_ops.attention for training"
+    )
+
+
+def cache_attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    slots: jax.Array,
+    q_positions: jax.Array,
+    *,
+    scale: float | None = None,
+) -> jax.Array:
+    """Attention of new queries over a slot KV cache with MLForge's CPU kernel (forward only).
+
+    q (B, T, H, D) float32; k_cache, v_cache (N, S, KVH, D) float32, H a multiple of KVH
+    (head h reads kv head h // (H // KVH)); slots (B,) int: batch row b reads cache row
+    slots[b]; q_positions (B, T) int: query (b, t) attends keys 0..q_positions[b, t] of
+    that row (the caller has already written this step's keys), a negative position marks
+    a padding query whose output is zeros. Returns (B, T, H, D) float32.
+
+    Only the used part of each row is read, so a call costs time proportional to the
+    conversation length, not to S. The caches are only read (safe to donate elsewhere).
+    A slot outside [0, N) or a position >= S fails at run time with an error naming
+    `slots` or `q_positions`. scale defaults to D ** -0.5. CPU only.
+    """
+    q, k_cache, v_cache = jnp.asarray(q), jnp.asarray(k_cache), jnp.asarray(v_cache)
+    slots, q_positions = jnp.asarray(slots), jnp.asarray(q_positions)
+    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if x.ndim != 4 or x.dtype != jnp.float32:
+            want = "(B, T, H, D)" if name == "q" else "(N, S, KVH, D)"
+            raise ValueError(f"{name} must be float32 {want}; got {x.dtype} {x.shape}")
+    b, t, h, d = q.shape
+    n, s, kvh, _ = k_cache.shape
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache must have k_cache's shape {k_cache.shape}; got {v_cache.shape}")
+    if k_cache.shape[3] != d or min(n, s, kvh, h, d) == 0 or h % kvh:
+        raise ValueError(
+            f"k_cache {k_cache.shape} does not fit q {q.shape}: same head size D, non-empty, "
+            "and q's heads a multiple of the cache's kv heads"
+        )
+    if slots.shape != (b,) or not jnp.issubdtype(slots.dtype, jnp.integer):
+        raise ValueError(f"slots must be integer ({b},); got {slots.dtype} {slots.shape}")
+    if q_positions.shape != (b, t) or not jnp.issubdtype(q_positions.dtype, jnp.integer):
+        raise ValueError(
+            f"q_positions must be integer ({b}, {t}); got {q_positions.dtype} {q_positions.shape}"
+        )
+    if b * t == 0:
+        return jnp.zeros(q.shape, jnp.float32)
+    _register()
+    scale = float(d**-0.5 if scale is None else scale)
+    return _cache_attention(
+        q, k_cache, v_cache, slots.astype(jnp.int32), q_positions.astype(jnp.int32), scale
+    )

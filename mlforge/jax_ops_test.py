@@ -59,7 +59,9 @@ def test_int4_layout_holds_halves_of_each_group():
 def test_qmatmul_matches_dequantized_reference_under_jit(bits, group_size, lead):
     wq, scales = jax_ops.quantize_weight(_weights(N_IN, 37), bits=bits, group_size=group_size)
     x = np.random.default_rng(1).standard_normal((*lead, N_IN), dtype=np.float32)
-    f = jax.jit(lambda x, wq, s: jax_ops.qmatmul(x, wq, s, bits=bits, group_size=group_size))
+    f = jax.jit(
+        lambda x, wq, s: jax_ops.qmatmul(x, wq, s, bits=bits, group_size=group_size, activations="float")
+    )
     y = np.asarray(f(x, wq, scales))
     assert y.shape == (*lead, 37) and y.dtype == np.float32
     np.testing.assert_allclose(
@@ -73,6 +75,7 @@ def test_qmatmul_matches_dequantized_reference_under_jit(bits, group_size, lead)
             np.asarray(scales),
             bits=bits,
             group_size=group_size,
+            activations="float",
         ),
         y.reshape(-1, 37),
     )
@@ -104,7 +107,7 @@ def test_grad_and_vmap():
     np.testing.assert_allclose(
         np.asarray(g), np.broadcast_to(w.sum(0), (2, 64)), rtol=1e-5, atol=1e-5
     )
-    batched = jax.vmap(lambda r: jax_ops.qmatmul(r, wq, scales, bits=4, group_size=32))(x)
+    batched = jax.vmap(lambda r: jax_ops.qmatmul(r, wq, scales, bits=4, group_size=32, activations="float"))(x)
     np.testing.assert_allclose(np.asarray(batched), x @ w.T, rtol=1e-5, atol=1e-4)
 
 

@@ -53,6 +53,18 @@ void qmatmul_outputs_scalar(const QMatmulArgs& a, int64_t o0, int64_t o1) {
   }
 }
 
+void for_output_blocks(const QMatmulShape& s, const std::function<void(int64_t, int64_t)>& kernel) {
+  // Threads take blocks of 4 outputs (the SIMD kernels' tile) and at least ~48 KB of
+  // weights each: below that, waking a second core costs more than it saves.
+  constexpr int64_t kBlock = 4, kMinBytes = 48 << 10;
+  const int64_t blocks = (s.out + kBlock - 1) / kBlock;
+  const int64_t block_bytes = kBlock * qmatmul_weight_bytes(s) / s.out;
+  const int64_t grain = std::max<int64_t>(1, kMinBytes / std::max<int64_t>(block_bytes, 1));
+  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+    kernel(b0 * kBlock, std::min(b1 * kBlock, s.out));
+  });
+}
+
 }  // namespace internal
 
 void check_qmatmul_shape(const QMatmulShape& s) {
@@ -76,9 +88,14 @@ int64_t qmatmul_weight_bytes(const QMatmulShape& s) {
   return s.bits == 8 ? s.out * s.in : s.out * (s.in / 2);
 }
 
-void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float* scales, float* y) {
+void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float* scales, float* y,
+             Activations act) {
   check_qmatmul_shape(s);
   if (s.rows == 0) return;
+  if (act == Activations::kInt8 && qmatmul_int8_fits(s)) {
+    internal::qmatmul_q8(s, x, wq, scales, y);
+    return;
+  }
   internal::QMatmulArgs args{x, static_cast<const uint8_t*>(wq), scales, y,
                              s.rows, s.in, s.out, s.group, s.bits};
   auto kernel = internal::qmatmul_outputs_scalar;
@@ -88,15 +105,7 @@ void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float*
   } else if (isa >= Isa::kAvx2 && internal::qmatmul_avx2_fits(s.bits, s.group)) {
     kernel = internal::qmatmul_outputs_avx2;
   }
-  // Threads take blocks of 4 outputs (the SIMD kernels' tile) and at least ~48 KB of
-  // weights each: below that, waking a second core costs more than it saves.
-  constexpr int64_t kBlock = 4, kMinBytes = 48 << 10;
-  const int64_t blocks = (s.out + kBlock - 1) / kBlock;
-  const int64_t block_bytes = kBlock * qmatmul_weight_bytes(s) / s.out;
-  const int64_t grain = std::max<int64_t>(1, kMinBytes / std::max<int64_t>(block_bytes, 1));
-  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
-    kernel(args, b0 * kBlock, std::min(b1 * kBlock, s.out));
-  });
+  internal::for_output_blocks(s, [&](int64_t o0, int64_t o1) { kernel(args, o0, o1); });
 }
 
 void qmatmul_reference(const QMatmulShape& s, const float* x, const void* wq, const float* scales,

@@ -8,8 +8,16 @@
 //           input j in its low nibble and input j + group / 2 in its high nibble, both
 //           stored as q + 8 (q in [-8, 7]). Halves of a group unpack with one mask and
 //           one shift, no interleave.
-// Products q * scale are rounded to float before the dot, exactly as a float reference
-// `x @ (q * scale)` does, so results differ from it only in summation order.
+// Activations::kFloat: products q * scale are rounded to float before the dot, exactly
+// as a float reference `x @ (q * scale)` does, so results differ from it only in
+// summation order.
+// Activations::kInt8 (llama.cpp's Q8_0 x Q8_0/Q4 dots): each row of x is quantized per
+// block of 32 inputs, d[m, b] = max|x| / 127 and xq = rint(x / d) (float32, ties to even;
+// d = 0 gives xq = 0), then
+//   y[m, o] = sum_g scales[o, g] * sum_{b in g} d[m, b] * sum_{i in b} xq[m, i] * q[o, i]
+// with the innermost sums exact in int32 (AVX-512 VNNI, AVX-VNNI or AVX2 maddubs). It
+// needs whole blocks per group (qmatmul_int8_fits: int8 group % 32 == 0, int4 group 32 or
+// a multiple of 64); other shapes run the float path.
 #ifndef MLFORGE_QMATMUL_H_
 #define MLFORGE_QMATMUL_H_
 
@@ -31,11 +39,21 @@ void check_qmatmul_shape(const QMatmulShape& s);
 // Bytes of wq for the shape: out * in (8 bits) or out * in / 2 (4 bits).
 int64_t qmatmul_weight_bytes(const QMatmulShape& s);
 
-// x (rows, in) float32, wq as above, scales (out, in / group) float32 -> y (rows, out).
-// Threads over output rows with parallel_for; SIMD level from active_isa().
-void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float* scales, float* y);
+enum class Activations { kFloat, kInt8 };
 
-// Single-threaded scalar definition of the same result, for tests.
+// Whether Activations::kInt8 takes the shape (else it runs the float path).
+bool qmatmul_int8_fits(const QMatmulShape& s);
+
+// The kernel kInt8 runs now: "avx512_vnni", "avx_vnni", "avx2" (maddubs) or "scalar".
+const char* qmatmul_int8_kernel();
+
+// x (rows, in) float32, wq as above, scales (out, in / group) float32 -> y (rows, out).
+// Threads over output rows with parallel_for; SIMD level from active_isa() (and, for
+// kInt8, avx512_vnni() / avx_vnni()).
+void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float* scales, float* y,
+             Activations act = Activations::kFloat);
+
+// Single-threaded scalar definition of the kFloat result, for tests.
 void qmatmul_reference(const QMatmulShape& s, const float* x, const void* wq, const float* scales,
                        float* y);
 

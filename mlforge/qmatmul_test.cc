@@ -8,6 +8,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mlforge/cpu_features.h"
@@ -111,6 +112,156 @@ TEST_P(EveryIsa, RowsDoNotDependOnBatchOrThreads) {
 INSTANTIATE_TEST_SUITE_P(Isa, EveryIsa,
                          ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
+
+// ---- Activations::kInt8 ----
+
+// The definition in qmatmul.h, in double from float32-quantized activations: y, the
+// sum of |terms| (for a cancellation-proof tolerance) and the bound on |y - float path|
+// from rounding x to its blocks (each |x - xq * d| <= d / 2).
+struct Int8Reference {
+  std::vector<double> y, magnitude, rounding;
+};
+
+int weight_q(const Case& c, int64_t o, int64_t i) {
+  const QMatmulShape& s = c.shape;
+  if (s.bits == 8) return static_cast<int8_t>(c.wq[o * s.in + i]);
+  const int64_t g = i / s.group, j = i % s.group, half = s.group / 2;
+  const uint8_t byte = c.wq[o * (s.in / 2) + g * half + j % half];
+  return (j < half ? byte & 0x0f : byte >> 4) - 8;
+}
+
+Int8Reference int8_reference(const Case& c) {
+  const QMatmulShape& s = c.shape;
+  Int8Reference r;
+  r.y.assign(static_cast<size_t>(s.rows * s.out), 0.0);
+  r.magnitude = r.rounding = r.y;
+  std::vector<float> xq(static_cast<size_t>(s.in)), d(static_cast<size_t>(s.in / 32));
+  for (int64_t m = 0; m < s.rows; ++m) {
+    const float* x = c.x.data() + m * s.in;
+    for (int64_t b = 0; b < s.in / 32; ++b) {
+      float amax = 0;
+      for (int64_t i = b * 32; i < b * 32 + 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+      d[b] = amax / 127.0f;
+      for (int64_t i = b * 32; i < b * 32 + 32; ++i) {
+        xq[i] = d[b] > 0 ? std::nearbyint(x[i] / d[b]) : 0.0f;
+      }
+    }
+    for (int64_t o = 0; o < s.out; ++o) {
+      double y = 0, mag = 0, rounding = 0;
+      for (int64_t i = 0; i < s.in; ++i) {
+        const double w = static_cast<double>(c.scales[o * (s.in / s.group) + i / s.group]) *
+                         weight_q(c, o, i);
+        y += w * d[i / 32] * xq[i];
+        mag += std::fabs(w * d[i / 32] * xq[i]);
+        rounding += std::fabs(w) * d[i / 32] / 2;
+      }
+      r.y[m * s.out + o] = y;
+      r.magnitude[m * s.out + o] = mag;
+      r.rounding[m * s.out + o] = rounding;
+    }
+  }
+  return r;
+}
+
+std::vector<float> run_int8(const Case& c) {
+  std::vector<float> y(static_cast<size_t>(c.shape.rows * c.shape.out), NAN);
+  qmatmul(c.shape, c.x.data(), c.wq.data(), c.scales.data(), y.data(), Activations::kInt8);
+  return y;
+}
+
+struct IntPath {
+  const char* kernel;
+  Isa isa;
+  bool vnni;
+};
+
+class EveryIntPath : public ::testing::TestWithParam<IntPath> {
+ protected:
+  void SetUp() override {
+    set_max_isa(GetParam().isa);
+    set_vnni(GetParam().vnni);
+    if (std::string(qmatmul_int8_kernel()) != GetParam().kernel) {
+      GTEST_SKIP() << "this CPU has no " << GetParam().kernel << " (got "
+                   << qmatmul_int8_kernel() << ")";
+    }
+  }
+  void TearDown() override {
+    set_max_isa(Isa::kAvx512);
+    set_vnni(true);
+  }
+};
+
+TEST_P(EveryIntPath, MatchesTheDefinitionAndTheFloatPath) {
+  struct Params {
+    int bits;
+    int64_t in, group;
+  };
+  // int8 per channel and per group (96: a zmm step of 32), int4 groups of 32, 64 and I.
+  const Params params[] = {{8, 64, 64},    {8, 576, 576},  {8, 1536, 1536}, {8, 576, 32},
+                           {8, 576, 64},   {8, 576, 96},   {4, 64, 32},     {4, 64, 64},
+                           {4, 576, 32},   {4, 576, 64},   {4, 576, 192},   {4, 1536, 64},
+                           {4, 1536, 1536}};
+  for (const Params& p : params) {
+    for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 33}) {
+      for (int64_t out : {1, 5, 37}) {
+        if (rows > 8 && out == 1) continue;
+        Case c = random_case(rows, p.in, out, p.bits, p.group, 23 + static_cast<uint32_t>(rows));
+        SCOPED_TRACE(::testing::Message() << "bits=" << p.bits << " in=" << p.in
+                                          << " group=" << p.group << " rows=" << rows
+                                          << " out=" << out);
+        ASSERT_TRUE(qmatmul_int8_fits(c.shape));
+        const std::vector<float> got = run_int8(c), floats = run_reference(c);
+        const Int8Reference want = int8_reference(c);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_NEAR(got[i], want.y[i], 1e-5 * want.magnitude[i] + 1e-30) << "at " << i;
+          ASSERT_LE(std::fabs(got[i] - floats[i]), 1.001 * want.rounding[i] + 1e-6)
+              << "float path at " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(EveryIntPath, RowsDoNotDependOnBatchOrThreads) {
+  for (int bits : {8, 4}) {
+    Case batch = random_case(7, 512, 3072, bits, 64, 5);
+    std::vector<float> all = run_int8(batch);
+    Case one = batch;
+    one.shape.rows = 1;
+    for (int64_t m : {0, 3, 6}) {
+      one.x.assign(batch.x.begin() + m * 512, batch.x.begin() + (m + 1) * 512);
+      std::vector<float> y = run_int8(one);
+      for (int64_t o = 0; o < 3072; ++o) ASSERT_EQ(y[o], all[m * 3072 + o]) << "row " << m;
+    }
+  }
+}
+
+TEST_P(EveryIntPath, ZeroAndNonFiniteBlocks) {
+  Case c = random_case(2, 64, 9, 4, 64, 3);
+  for (int64_t i = 0; i < 32; ++i) c.x[i] = 0;  // row 0: a block of zeros, d = 0
+  c.x[64 + 40] = INFINITY;                       // row 1: inf -> NaN, as the float path
+  const std::vector<float> got = run_int8(c);
+  const Int8Reference want = int8_reference(c);
+  for (int64_t o = 0; o < 9; ++o) {
+    EXPECT_NEAR(got[o], want.y[o], 1e-5 * want.magnitude[o] + 1e-30);
+    EXPECT_TRUE(std::isnan(got[9 + o]));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernel, EveryIntPath,
+                         ::testing::Values(IntPath{"scalar", Isa::kScalar, false},
+                                           IntPath{"avx2", Isa::kAvx2, false},
+                                           IntPath{"avx_vnni", Isa::kAvx2, true},
+                                           IntPath{"avx512_vnni", Isa::kAvx512, true}),
+                         [](const auto& info) { return std::string(info.param.kernel); });
+
+TEST(QMatmul, Int8ActivationsFallBackToFloatForOtherGroups) {
+  for (auto [bits, group] : {std::pair<int, int64_t>{8, 16}, {4, 96}, {4, 6}}) {
+    Case c = random_case(3, 192, 11, bits, group, 9);
+    ASSERT_FALSE(qmatmul_int8_fits(c.shape));
+    EXPECT_EQ(run_int8(c), run(c)) << "bits=" << bits << " group=" << group;
+  }
+}
 
 TEST(QMatmul, Int4LayoutIsHalvesOfEachGroup) {
   // One output, in = 4, group = 4: byte 0 holds inputs 0 (low) and 2 (high), byte 1

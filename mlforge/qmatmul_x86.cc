@@ -29,14 +29,7 @@ namespace internal {
 
 namespace {
 
-// Weight rows are short (I bytes) and read 4 at a time, interleaved: the hardware
-// prefetchers do not follow that well (measured: ~4 GB/s from DRAM without this, 15-25
-// with). Each load also prefetches the same position in a tile at least ~6 KB ahead.
-MLFORGE_INLINE int64_t prefetch_distance(int64_t tile_bytes) {
-  constexpr int64_t kAheadBytes = 6 << 10;
-  return tile_bytes * ((kAheadBytes + tile_bytes - 1) / tile_bytes);
-}
-
+// prefetch_distance (qmatmul_kernels.h): each weight load also prefetches ahead.
 MLFORGE_AVX2 MLFORGE_INLINE void prefetch(const void* p) {
   _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
 }

@@ -89,9 +89,9 @@ def _given(args, *names) -> dict:
 
 
 def _sampling(args):
-    from jarvis.sampling import Sampling
+    from jarvis.sampling import defaults
 
-    return Sampling(
+    return defaults(
         **_given(args, "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
     )
 

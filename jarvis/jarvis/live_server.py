@@ -27,7 +27,7 @@ def running(
         config,
         router_config=RouterConfig(model=model),
         engine_config=engine,
-        sampling=sampling or Sampling(temperature=0.0, repetition_penalty=1.0, max_tokens=32),
+        sampling=sampling or Sampling(temperature=0.0, max_tokens=32),
         home=home,
     )
     try:

@@ -22,7 +22,7 @@ from jarvis.context import ContextOverflowError
 from jarvis.memory import Memory, Message, NotFoundError
 from jarvis.paths import user_path
 from jarvis.router import Route, Router, kind_of, short_status
-from jarvis.sampling import Sampling
+from jarvis.sampling import DEFAULT, Sampling, from_json
 
 HELP = """Commands:
   /help               this list
@@ -103,7 +103,7 @@ class Session:
         config = config or ChatConfig()
         self.memory = memory
         self.router = router
-        self.sampling = sampling or Sampling()
+        self.sampling = sampling or DEFAULT
         self.console = console or Console()
         self.model_name = model  # None: the router's chat model
         self.system_prompt = config.system_prompt
@@ -149,7 +149,7 @@ class Session:
         self.system_prompt = conv.system_prompt
         self.reasoning = conv.reasoning
         self.sampling = (
-            Sampling.from_json(conv.sampling) if conv.sampling not in (None, "{}") else self.sampling
+            from_json(conv.sampling) if conv.sampling not in (None, "{}") else self.sampling
         )
         messages = self.memory.messages(conv.id)
         answers = [m for m in messages if m.role == "assistant"]

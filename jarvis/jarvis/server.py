@@ -31,7 +31,7 @@ from jarvis.api_errors import ApiError, error_body, from_validation
 from jarvis.engine import Engine, EngineConfig
 from jarvis.memory import Memory
 from jarvis.router import Router, RouterConfig
-from jarvis.sampling import Sampling
+from jarvis.sampling import DEFAULT, Sampling
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -136,7 +136,7 @@ def build_state(
     if router_config.slots is None:  # Prime batches as many conversations as the server runs at once
         router_config = dataclasses.replace(router_config, slots=engine_config.max_active)
     router = Router(router_config)
-    sampling = sampling or Sampling()
+    sampling = sampling or DEFAULT
     if config.warmup:
         conversation.warm_up(router.route(), sampling)
     return State(

@@ -24,6 +24,7 @@ _EXPORTS = {
     "ModelNotAvailableError": "jarvis_prime.errors",
     "BackendUnavailableError": "jarvis_prime.errors",
     "QuantizationError": "jarvis_prime.errors",
+    "Sampling": "jarvis_prime.sampling",
 }
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "PrimeModel",
     "PrimeWarning",
     "QuantizationError",
+    "Sampling",
     "TextStream",
     "UnknownModelError",
     "list_models",

@@ -37,12 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from reactor_core.generation.sampling import SamplingArrays, row_uniforms, sample
+from reactor_core.generation.sampling import SamplingArrays, SamplingConfig, row_uniforms, sample
 from reactor_core.models.slot_cache import SlotCache
 
 from jarvis_prime.errors import PrimeError
 
 _DONE = object()
+_PADDING = SamplingConfig()  # rows of a padded batch: greedy, no filters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +135,15 @@ class GenerationEngine:
         self.device = device  # programs trace under this default device, in every thread
         cfg = model.config
         window = context_length or cfg.max_position_embeddings
-        self.capacity = min(config.capacity or 4096, window)
+        dtype = jnp.dtype(cfg.dtype)  # float32 on CPU (MLForge's kernel), bfloat16 on accelerators
+        self.capacity = min(config.capacity or _default_capacity(cfg, config.slots, dtype.itemsize), window)
         self.vocab = cfg.vocab_size
         self.graphdef, self.state = nnx.split(model)
         self.scratch = config.slots  # an extra row: batch padding and warm-up write there
         # Chunk padding writes past a prompt's end: room for one chunk beyond capacity.
-        self.cache = SlotCache.init(cfg, slots=config.slots + 1, capacity=self.capacity + max(config.chunks))
+        self.cache = SlotCache.init(
+            cfg, slots=config.slots + 1, capacity=self.capacity + max(config.chunks), dtype=dtype
+        )
         self.seen = jnp.zeros((config.slots + 1, self.vocab), bool)
         self.traces = 0
         self.step_fn = jax.jit(self._counted(_step), static_argnums=0, donate_argnums=(2, 3))
@@ -164,7 +168,7 @@ class GenerationEngine:
     # ---- programs ----
 
     def _run_step(self, tokens, positions, slots, last, rows: Sequence[Request | None]):
-        params = SamplingArrays.rows([r.sampling if r is not None else _GREEDY for r in rows])
+        params = SamplingArrays.rows([r.sampling if r is not None else _PADDING for r in rows])
         seeds = np.array([r.seed if r is not None else 0 for r in rows], np.uint32)
         steps = np.array([r.generated if r is not None else 0 for r in rows], np.int32)
         token, self.cache, self.seen = self.step_fn(
@@ -354,15 +358,15 @@ class GenerationEngine:
         request._out.put(error if error is not None else _DONE)
 
 
-class _Greedy:
-    temperature = 0.0
-    top_k = 0
-    top_p = 1.0
-    min_p = 0.0
-    repetition_penalty = 1.0
-
-
-_GREEDY = _Greedy()
+def _default_capacity(cfg, slots: int, itemsize: int) -> int:
+    """4,096 tokens per slot, fewer where all slots would take over a quarter of the memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4096
+    per_token = SlotCache.bytes_per_token(cfg, itemsize) * (slots + 1)
+    fit = int(memory * 0.25) // per_token // 256 * 256
+    return max(256, min(4096, fit))
 
 
 def random_seed() -> int:

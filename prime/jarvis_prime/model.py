@@ -170,7 +170,10 @@ class PrimeModel:
         unknown = sorted(set(sampling) - set(_SAMPLING_NAMES))
         if unknown:
             raise PrimeError(f"Unknown sampling option(s) {unknown}; known: {', '.join(_SAMPLING_NAMES)}")
-        params = Sampling(**sampling)
+        try:
+            params = Sampling(**sampling)
+        except ValueError as e:
+            raise PrimeError(str(e).replace("SamplingConfig.", "")) from None
         if not prompt_ids:
             raise PrimeError("The prompt is empty after tokenization; pass some text")
         room = self.context_length - len(prompt_ids)

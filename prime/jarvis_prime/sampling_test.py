@@ -2,7 +2,6 @@ import sys
 
 import pytest
 
-from jarvis_prime import PrimeError
 from jarvis_prime.sampling import Sampling
 
 
@@ -30,7 +29,7 @@ def test_stop_accepts_a_string_or_list():
     ],
 )
 def test_bad_values_name_the_option(kwargs, name):
-    with pytest.raises(PrimeError, match=name):
+    with pytest.raises(ValueError, match=name):
         Sampling(**kwargs)
 
 

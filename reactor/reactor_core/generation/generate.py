@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from reactor_core.generation.sampling import SamplingConfig, select
+from reactor_core.generation.sampling import SamplingArrays, SamplingConfig, row_uniforms, sample
 
 MIN_BUCKET = 16  # smallest prompt bucket
 MIN_CACHE = 32  # smallest cache
@@ -77,32 +77,27 @@ class GenerationResult:
     stats: GenerationStats
 
 
-def _prefill(graphdef, state, tokens, positions, segments, max_length, key, values, flags):
+def _prefill(graphdef, state, tokens, positions, segments, max_length, params, seeds):
     model = nnx.merge(graphdef, state)
     logits, cache = model.prefill(tokens, positions=positions, segment_ids=segments, max_length=max_length)
-    seen = None
-    if flags[4]:
-        rows = jnp.arange(tokens.shape[0])[:, None]  # (B, 1)
-        seen = jnp.zeros((tokens.shape[0], logits.shape[-1]), bool).at[rows, tokens].max(segments > 0)  # (B, V)
-    key, sub = jax.random.split(key)
-    token = select(logits, sub, seen, values, flags)  # (B,)
-    if seen is not None:
-        seen = seen.at[jnp.arange(tokens.shape[0]), token].set(True)
+    rows = jnp.arange(tokens.shape[0])[:, None]  # (B, 1)
+    seen = jnp.zeros((tokens.shape[0], logits.shape[-1]), bool).at[rows, tokens].max(segments > 0)  # (B, V)
+    steps = jnp.zeros(tokens.shape[0], jnp.int32)  # (B,)
+    token = sample(logits, params, seen, row_uniforms(seeds, steps))  # (B,)
+    seen = seen.at[jnp.arange(tokens.shape[0]), token].set(True)
     next_pos = positions[:, -1] + 1  # (B,) every row's last prompt token sits in the last slot
-    return token, next_pos, cache, key, seen
+    return token, next_pos, cache, seen, steps + 1
 
 
-def _decode(graphdef, state, token, positions, cache, key, seen, values, flags):
+def _decode(graphdef, state, token, positions, cache, seen, params, seeds, steps):
     model = nnx.merge(graphdef, state)
     segments = jnp.ones((token.shape[0], 1), jnp.int32)  # (B, 1)
     logits, cache = model.forward_with_cache(
         token[:, None], positions=positions[:, None], segment_ids=segments, cache=cache
     )
-    key, sub = jax.random.split(key)
-    token = select(logits[:, -1], sub, seen, values, flags)  # (B,)
-    if seen is not None:
-        seen = seen.at[jnp.arange(token.shape[0]), token].set(True)
-    return token, positions + 1, cache, key, seen
+    token = sample(logits[:, -1], params, seen, row_uniforms(seeds, steps))  # (B,)
+    seen = seen.at[jnp.arange(token.shape[0]), token].set(True)
+    return token, positions + 1, cache, seen, steps + 1
 
 
 class Generator:
@@ -113,9 +108,9 @@ class Generator:
         self.graphdef, self.state = nnx.split(model)
         self.min_bucket = min_bucket  # smallest prompt bucket
         self._traces = {"prefill": 0, "decode": 0}
-        self.prefill_fn = jax.jit(self._counted("prefill", _prefill), static_argnums=(0, 5, 8))
+        self.prefill_fn = jax.jit(self._counted("prefill", _prefill), static_argnums=(0, 5))
         # The cache and the seen-mask are rewritten in place step after step.
-        self.decode_fn = jax.jit(self._counted("decode", _decode), static_argnums=(0, 8), donate_argnums=(3, 4, 6))
+        self.decode_fn = jax.jit(self._counted("decode", _decode), static_argnums=0, donate_argnums=(4, 5))
         self.last_stats = GenerationStats()
 
     def _counted(self, name, fn):
@@ -161,17 +156,17 @@ class Generator:
 
         stats = GenerationStats(prompt_tokens=int(lengths.sum()))
         self.last_stats = stats
-        flags, values = sampling.flags, sampling.values()
+        params = SamplingArrays.rows([sampling] * batch)
+        seeds = np.full(batch, (sampling.seed or 0) & 0xFFFFFFFF, np.uint32)
         start = time.perf_counter()
-        key = jax.random.key(sampling.seed)
-        token, next_pos, cache, key, seen = self.prefill_fn(
-            self.graphdef, self.state, tokens, positions, segments, s_len, key, values, flags
+        token, next_pos, cache, seen, steps = self.prefill_fn(
+            self.graphdef, self.state, tokens, positions, segments, s_len, params, seeds
         )
         done = np.zeros(batch, bool)
         for step in range(max_new_tokens):
             pending = None
             if step + 1 < max_new_tokens:  # dispatch the next step before reading this one (overlap)
-                pending = self.decode_fn(self.graphdef, self.state, token, next_pos, cache, key, seen, values, flags)
+                pending = self.decode_fn(self.graphdef, self.state, token, next_pos, cache, seen, params, seeds, steps)
             host = np.asarray(token)
             now = time.perf_counter()
             if step == 0:
@@ -184,7 +179,7 @@ class Generator:
             yield out
             if done.all() or pending is None:
                 return
-            token, next_pos, cache, key, seen = pending
+            token, next_pos, cache, seen, steps = pending
 
     def generate(
         self,

@@ -10,9 +10,11 @@ in float it was half of all the bytes a quantized decode step moved. int8 even i
 mode, as llama.cpp keeps its output matrix at 8 bits: the head is the most sensitive layer.
 
 Decode and short prompts (up to KERNEL_MAX_ROWS rows) run MLForge's CPU kernel through
-the XLA FFI, which streams the integer weights once per call; longer prefills (compute-
-bound) dequantize inside the jitted step and run XLA's dot. Both compute x @ (q * scale) with the products
-rounded as the float reference rounds them.
+the XLA FFI, which streams the integer weights once per call, with activations quantized
+to int8 blocks of 32 and integer dot products (llama.cpp's Q8_0 scheme; definition in
+mlforge/qmatmul.h; each activation moves by at most half its block's step). Longer
+prefills (compute-bound) dequantize inside the jitted step and run XLA's float dot of x
+with q * scale.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class QuantizedLinear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         if math.prod(x.shape[:-1]) <= KERNEL_MAX_ROWS:
-            return jax_ops.qmatmul(x, self.qweight[...], self.scales[...], bits=self.bits, group_size=self.group)
+            return jax_ops.qmatmul(
+                x, self.qweight[...], self.scales[...], bits=self.bits, group_size=self.group, activations="int8"
+            )
         w = self._dequantized_oi()  # (O, I)
         return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))  # (..., O)
 
