@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -110,9 +111,9 @@ class Request:
     close = cancel
 
 
-def _step(graphdef, state, cache, seen, tokens, positions, slots, last, params, seeds, steps):
+def _step(graphdef, treedef, leaves, cache, seen, tokens, positions, slots, last, params, seeds, steps):
     """Every program the engine runs: forward a chunk or a decode batch, then sample one token per row."""
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
     logits, cache = model.forward_slots(tokens, positions=positions, slots=slots, last=last, cache=cache)
     token = sample(logits, params, seen[slots], row_uniforms(seeds, steps))  # (B,)
     seen = seen.at[slots, token].set(True)
@@ -146,7 +147,11 @@ class GenerationEngine:
         )
         self.seen = jnp.zeros((config.slots + 1, self.vocab), bool)
         self.traces = 0
-        self.step_fn = jax.jit(self._counted(_step), static_argnums=0, donate_argnums=(2, 3))
+        # The weights go in as a flat list (nnx.State and GraphDef cost milliseconds per call to
+        # flatten and hash); the program closes over the structure.
+        self._leaves, treedef = jax.tree.flatten(self.state)
+        step = functools.partial(_step, self.graphdef, treedef)
+        self.step_fn = jax.jit(self._counted(step), donate_argnums=(1, 2))
         self.reset_fn = jax.jit(self._counted(_reset_seen), donate_argnums=0)
         self._slots = [_Slot(tokens=[]) for _ in range(config.slots)]
         self._pending: collections.deque[Request] = collections.deque()
@@ -154,6 +159,7 @@ class GenerationEngine:
         self._cond = threading.Condition()  # guards _pending and _stopped
         self._device = threading.Lock()  # one user of the cache and programs at a time
         self._stopped = False
+        self._inflight = None  # (requests, device tokens) of a decode step queued, not yet read
         self.stats = collections.Counter()  # prefilled / reused / decoded tokens, steps
         self._thread = threading.Thread(target=self._run, name="prime-engine", daemon=True)
         self._thread.start()
@@ -167,14 +173,20 @@ class GenerationEngine:
 
     # ---- programs ----
 
-    def _run_step(self, tokens, positions, slots, last, rows: Sequence[Request | None]):
+    def _dispatch(self, tokens, positions, slots, last, rows: Sequence[Request | None], ahead: int = 0):
+        """Queues one program run; returns its (B,) tokens on the device (JAX runs it asynchronously).
+
+        `ahead`: steps already queued for these rows and not yet delivered (their draw index)."""
         params = SamplingArrays.rows([r.sampling if r is not None else _PADDING for r in rows])
         seeds = np.array([r.seed if r is not None else 0 for r in rows], np.uint32)
-        steps = np.array([r.generated if r is not None else 0 for r in rows], np.int32)
+        steps = np.array([r.generated + ahead if r is not None else 0 for r in rows], np.int32)
         token, self.cache, self.seen = self.step_fn(
-            self.graphdef, self.state, self.cache, self.seen, tokens, positions, slots, last, params, seeds, steps
+            self._leaves, self.cache, self.seen, tokens, positions, slots, last, params, seeds, steps
         )
-        return np.asarray(token)
+        return token
+
+    def _run_step(self, tokens, positions, slots, last, rows: Sequence[Request | None]):
+        return np.asarray(self._dispatch(tokens, positions, slots, last, rows))
 
     def warm_up(self) -> float:
         """Compiles (or loads from the persistent cache) every program; returns the seconds it took."""
@@ -266,8 +278,10 @@ class GenerationEngine:
                     if decoding:
                         self._decode(decoding)
                 except Exception as e:  # noqa: BLE001 - a failing step must not take the worker down
+                    self._inflight = None
                     for r in prefilling[:1] + decoding:
-                        self._finish(r, e)
+                        if r.slot >= 0:
+                            self._finish(r, e)
                 self._active = [r for r in self._active if r.slot >= 0]
 
     def _admit(self, request: Request) -> None:
@@ -320,24 +334,53 @@ class GenerationEngine:
             self._deliver(request, int(token[0]))
 
     def _decode(self, requests: list[Request]) -> None:
+        """One decode step for `requests`. While the batch stays the same, the next step is queued
+        on the device (fed by this step's tokens, still on the device) before this one is read, so
+        the host's work per token overlaps the model's."""
         live = [r for r in requests if not r.cancelled]
         for r in requests:
             if r.cancelled:
                 self._finish(r)
-        if not live:
+        previous, self._inflight = self._inflight, None
+        if previous is not None and previous[0] == live:
+            # Queued behind `previous`: positions and draws one step further on.
+            self._inflight = (live, self._decode_dispatch(live, previous[1][:, None], ahead=1))
+            self._deliver_step(*previous)
             return
-        b = next(s for s in self.config.batch_sizes() if s >= len(live))
-        tokens = np.zeros((b, 1), np.int32)
+        if previous is not None:
+            self._deliver_step(*previous)
+            live = [r for r in live if r.slot >= 0 and not r.cancelled]
+        if live:
+            tokens = np.zeros((self._batch(len(live)), 1), np.int32)
+            tokens[: len(live), 0] = [r.next_token for r in live]
+            self._inflight = (live, self._decode_dispatch(live, tokens, ahead=0))
+
+    def _batch(self, n: int) -> int:
+        return next(s for s in self.config.batch_sizes() if s >= n)
+
+    def _decode_dispatch(self, live: list[Request], tokens, ahead: int):
+        b = self._batch(len(live))
         positions = np.full((b, 1), -1, np.int32)
         slots = np.full(b, self.scratch, np.int32)
         for i, r in enumerate(live):
-            tokens[i, 0], positions[i, 0], slots[i] = r.next_token, r.position, r.slot
-        out = self._run_step(tokens, positions, slots, np.zeros(b, np.int32), live + [None] * (b - len(live)))
+            positions[i, 0], slots[i] = r.position + ahead, r.slot
         self.stats["steps"] += 1
-        for i, r in enumerate(live):
-            self._slots[r.slot].tokens.append(r.next_token)
+        return self._dispatch(tokens, positions, slots, np.zeros(b, np.int32), live + [None] * (b - len(live)), ahead)
+
+    def _deliver_step(self, rows: list[Request], out) -> None:
+        """Reads a decode step's tokens (waits for it) and hands each still-running row its token."""
+        out = np.asarray(out)
+        for i, r in enumerate(rows):
+            if r.slot < 0 or r.cancelled:  # finished or cancelled since: its step is dropped
+                continue
+            self._slots[r.slot].tokens.append(r.next_token)  # fed by this step: now in the cache
             r.position += 1
             self._deliver(r, int(out[i]))
+
+    def _drain(self) -> None:
+        previous, self._inflight = self._inflight, None
+        if previous is not None:
+            self._deliver_step(*previous)
 
     def _deliver(self, request: Request, token: int) -> None:
         request.generated += 1
