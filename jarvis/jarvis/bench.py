@@ -2,10 +2,14 @@
 
 Run it:  bazel run //jarvis:bench
          bazel run //jarvis:bench -- --model prime-135m-chat-v1 --max-tokens 64 --requests 2
+         bazel run //jarvis:bench -- --concurrency 1,4,8,16
+         bazel run //jarvis:bench -- --conversation      (the REPL vs llama.cpp: bench_conversation.py)
 
 Prints a table (not a timed test): time to first token and tokens/s through the server
 (a separate `assistant serve` process on loopback, streamed with SSE) against PrimeModel
-in this process, then aggregate tokens/s with 1, 4 and 16 concurrent streaming clients.
+in this process, then aggregate tokens/s with 1, 4, 8 and 16 concurrent streaming clients
+and the 8-client / 1-client ratio (goal >= 4x). Sampling: Jarvis's defaults
+(jarvis.sampling.Sampling), not greedy.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import time
 
 import httpx
 
+from jarvis import bench_conversation
+from jarvis.sampling import Sampling
+
 MESSAGES = [
     {"role": "system", "content": "You are Jarvis, a helpful and concise assistant."},
     {"role": "user", "content": "Explain in a few sentences why the sky is blue."},
@@ -35,14 +42,17 @@ class BenchConfig:
     model: str = "prime-135m-chat-v1"
     max_tokens: int = 64
     requests: int = 2  # per client, one after another
-    concurrency: tuple[int, ...] = (1, 4, 16)
+    concurrency: tuple[int, ...] = (1, 4, 8, 16)
     direct_runs: int = 3
+    sampling: Sampling = Sampling()  # max_tokens above overrides its own
 
     def __post_init__(self):
         if self.max_tokens < 2:
             raise ValueError(f"BenchConfig.max_tokens must be >= 2, got {self.max_tokens}")
         if self.requests < 1 or self.direct_runs < 1:
             raise ValueError("BenchConfig.requests and BenchConfig.direct_runs must be >= 1")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"BenchConfig.concurrency must be client counts >= 1, got {self.concurrency}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +75,7 @@ def direct(model, config: BenchConfig) -> list[Sample]:
     for _ in range(config.direct_runs + 1):  # the first compiles this prompt's shapes
         start = time.perf_counter()
         first = None
-        stream = model.chat_stream(MESSAGES, max_tokens=config.max_tokens, temperature=0.0)
+        stream = model.chat_stream(MESSAGES, **config.sampling.replace(max_tokens=config.max_tokens).kwargs())
         for piece in stream:
             if first is None and piece:
                 first = time.perf_counter() - start
@@ -78,7 +88,11 @@ async def _one(http: httpx.AsyncClient, url: str, config: BenchConfig) -> Sample
         "model": "auto",
         "messages": MESSAGES,
         "max_tokens": config.max_tokens,
-        "temperature": 0,
+        "temperature": config.sampling.temperature,
+        "top_p": config.sampling.top_p,
+        "top_k": config.sampling.top_k,
+        "min_p": config.sampling.min_p,
+        "repetition_penalty": config.sampling.repetition_penalty,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -148,12 +162,25 @@ def start_server(config: BenchConfig, home: str) -> tuple[subprocess.Popen, str]
     raise RuntimeError("the server did not come up within 15 minutes")
 
 
+def aggregate_rate(samples: list[Sample], wall: float) -> float:
+    return sum(s.tokens for s in samples) / wall if wall > 0 else 0.0
+
+
 def _row(path: str, clients: int, samples: list[Sample], wall: float | None) -> str:
     ttft = statistics.mean(s.ttft for s in samples)
     rate = statistics.mean(s.decode_rate for s in samples)
     tokens = sum(s.tokens for s in samples)
-    aggregate = f"{tokens / wall:9.1f}" if wall else f"{rate:9.1f}"
+    aggregate = f"{aggregate_rate(samples, wall):9.1f}" if wall else f"{rate:9.1f}"
     return f"| {path:16s} | {clients:7d} | {len(samples):8d} | {tokens:6d} | {ttft:13.3f} | {rate:15.1f} | {aggregate} |"
+
+
+def scaling_goal(aggregates: dict[int, float], goal: float = 4.0) -> str:
+    """The 8-client over 1-client aggregate tokens/s, met or missed against `goal`."""
+    if not aggregates.get(1) or 8 not in aggregates:
+        return "8-client / 1-client aggregate tokens/s: n/a (needs 1 and 8 in --concurrency)"
+    ratio = aggregates[8] / aggregates[1]
+    verdict = "met" if ratio >= goal else "missed"
+    return f"8-client / 1-client aggregate tokens/s: {ratio:.2f}x (goal >= {goal:g}x: {verdict})"
 
 
 def run(config: BenchConfig) -> str:
@@ -163,7 +190,8 @@ def run(config: BenchConfig) -> str:
     model, _ = router.load(config.model)
     print(
         f"model {model.info.name} ({model.backend}, quantization {model.quantization}); "
-        f"max_tokens {config.max_tokens}; warming up...",
+        f"max_tokens {config.max_tokens}; sampling temperature {config.sampling.temperature}, "
+        f"top_p {config.sampling.top_p}, repetition penalty {config.sampling.repetition_penalty}; warming up...",
         file=sys.stderr,
         flush=True,
     )
@@ -173,18 +201,28 @@ def run(config: BenchConfig) -> str:
         "|------------------|---------|----------|--------|---------------|------------------|-----------------|",
         _row("prime direct", 1, direct_samples, sum(s.seconds for s in direct_samples)),
     ]
+    aggregates = {}
     with tempfile.TemporaryDirectory() as home:
         proc, url = start_server(config, home)
         try:
             asyncio.run(load(url, 1, dataclasses.replace(config, requests=1)))  # compile the prompt's shapes
             for clients in config.concurrency:
                 samples, wall = asyncio.run(load(url, clients, config))
+                aggregates[clients] = aggregate_rate(samples, wall)
                 lines.append(_row("server (SSE)", clients, samples, wall))
                 print(lines[-1], file=sys.stderr, flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
+    lines += ["", scaling_goal(aggregates)]
     return "\n".join(lines)
+
+
+def _client_counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--concurrency takes counts like 1,4,8,16, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,9 +231,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, dest="max_tokens")
     p.add_argument("--requests", type=int, help="requests per client")
     p.add_argument("--direct-runs", type=int, dest="direct_runs")
-    args = p.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    print(run(BenchConfig(**given)))
+    p.add_argument("--concurrency", type=_client_counts, help="streaming clients per row, e.g. 1,4,8,16")
+    p.add_argument(
+        "--conversation", action="store_true", help="instead: a scripted chat through the REPL vs llama.cpp"
+    )
+    p.add_argument("--seed", type=int, help="--conversation: the sampling seed (default 0)")
+    p.add_argument(
+        "--llama-cpp",
+        choices=("on", "off"),
+        dest="llama_cpp",
+        help="--conversation: the llama.cpp side (on by default when `bazel run //prime:bench` has built it)",
+    )
+    p.add_argument(
+        "--llama-threads", type=int, dest="llama_threads", help="--conversation: llama.cpp threads (default: all cores)"
+    )
+    args = vars(p.parse_args(argv))
+    conversation = args.pop("conversation")
+    given = {k: v for k, v in args.items() if v is not None}
+    if conversation:
+        keep = {"model", "max_tokens", "seed", "llama_cpp", "llama_threads"}
+        if set(given) - keep:
+            p.error(f"--conversation takes only {', '.join('--' + k.replace('_', '-') for k in sorted(keep))}")
+        print(bench_conversation.run(bench_conversation.ConversationConfig(**given)))
+    else:
+        if {"seed", "llama_cpp", "llama_threads"} & set(given):
+            p.error("--seed, --llama-cpp and --llama-threads apply to --conversation only")
+        print(run(BenchConfig(**given)))
     return 0
 
 

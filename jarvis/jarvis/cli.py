@@ -12,6 +12,7 @@ Data lives in $JARVIS_HOME (default ~/.local/share/jarvis); --home overrides it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -130,7 +131,9 @@ def chat(args) -> int:
         **({"show_thinking": False} if args.hide_thinking else {}),
         **({"stats": False} if args.no_stats or scripted else {}),
     )
-    router_config = _router_config(args)
+    # One person chatting: two cached conversations (this one and the warm-up's or the last
+    # one's), and decode programs for batches of one and two only, so start-up compiles less.
+    router_config = dataclasses.replace(_router_config(args), slots=2)
     with Memory.open(_home(args)) as memory:
         session = Session(
             memory,
