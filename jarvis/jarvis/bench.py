@@ -9,7 +9,7 @@ Prints a table (not a timed test): time to first token and tokens/s through the 
 (a separate `assistant serve` process on loopback, streamed with SSE) against PrimeModel
 in this process, then aggregate tokens/s with 1, 4, 8 and 16 concurrent streaming clients
 and the 8-client / 1-client ratio (goal >= 4x). Sampling: Jarvis's defaults
-(jarvis.sampling.Sampling), not greedy.
+(jarvis.sampling.DEFAULT), not greedy.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 import httpx
 
 from jarvis import bench_conversation
-from jarvis.sampling import Sampling
+from jarvis.sampling import DEFAULT, Sampling
 
 MESSAGES = [
     {"role": "system", "content": "You are Jarvis, a helpful and concise assistant."},
@@ -44,7 +44,7 @@ class BenchConfig:
     requests: int = 2  # per client, one after another
     concurrency: tuple[int, ...] = (1, 4, 8, 16)
     direct_runs: int = 3
-    sampling: Sampling = Sampling()  # max_tokens above overrides its own
+    sampling: Sampling = DEFAULT  # Jarvis's defaults; max_tokens above overrides its own
 
     def __post_init__(self):
         if self.max_tokens < 2:

@@ -50,7 +50,7 @@ import time
 from jarvis_prime import store
 
 from jarvis.conversation import DEFAULT_SYSTEM_PROMPT
-from jarvis.sampling import Sampling
+from jarvis.sampling import DEFAULT
 
 TURNS = (
     "Hi! I have chicken, rice and some vegetables. What could I cook tonight?",
@@ -396,7 +396,7 @@ def run_llama(config: ConversationConfig, system: str, log) -> tuple[list[RunRes
         "model_path": model_path,
         "system": system,
         "turns": TURNS,
-        "sampling": dataclasses.asdict(Sampling(max_tokens=config.max_tokens)),
+        "sampling": dataclasses.asdict(DEFAULT.replace(max_tokens=config.max_tokens)),
         "seed": config.seed,
         "threads": config.llama_threads,
         "launched": time.time(),
@@ -491,7 +491,7 @@ def run(config: ConversationConfig, log=functools.partial(print, file=sys.stderr
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     peer, why = run_llama(config, DEFAULT_SYSTEM_PROMPT, log)
-    s = Sampling(max_tokens=config.max_tokens)
+    s = DEFAULT.replace(max_tokens=config.max_tokens)
     out = [
         cpu_line(),
         f"load averages (1, 5, 15 min): {load_before} before, {_load()} after (the machine may be shared)",

@@ -14,7 +14,7 @@ from reactor_core.generation.sampling import SamplingConfig
 from reactor_core.models.config import LlamaConfig
 from reactor_core.models.llama import Llama
 
-from jarvis_prime.engine import EngineConfig, GenerationEngine
+from jarvis_prime.engine import EngineConfig, GenerationEngine, chunk_plan
 from jarvis_prime.errors import PrimeError
 from jarvis_prime.sampling import Sampling
 
@@ -175,6 +175,16 @@ def test_cancel_frees_the_slot_mid_batch(engine):
     for t in others:
         t.join(120)
         assert not t.is_alive()
+
+
+def test_chunk_plan_covers_the_prompt_cheaply():
+    chunks = (4, 16, 64)
+    assert chunk_plan(19, chunks) == (16, 4)  # not one padded 64, nor 16 + 16
+    assert chunk_plan(1, chunks) == (4,) and chunk_plan(64, chunks) == (64,)
+    assert chunk_plan(130, chunks) == (64, 64, 4)
+    for n in range(1, 300):
+        plan = chunk_plan(n, chunks)
+        assert n <= sum(plan) <= n + 11  # covers n; pads only where a bigger chunk is cheaper
 
 
 def test_bad_requests_are_clear_errors(engine):
