@@ -1,5 +1,6 @@
 """A bounded load test: 16 concurrent streaming clients x 3 requests each, zero errors,
-every stream well-formed and identical to what Prime gives for that prompt alone.
+every stream well-formed and identical to what Prime gives for that prompt alone, and the
+streams decoded together in shared batched steps.
 
 Run: bazel test //jarvis:server_load_test
 """
@@ -71,6 +72,8 @@ def test_sixteen_concurrent_streaming_clients(tmp_path):
     with running(str(tmp_path), model_dir) as server:
         results, peak = asyncio.run(_load(server.url, server.state))
         assert server.state.engine.stats() == {"active": 0, "queued": 0}
+        served, _ = server.state.router.load(model_dir)
+        batching = dict(served.engine.engine.stats)  # Prime's generation engine under the server
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors[:3]
     for k, texts in enumerate(results):
@@ -80,6 +83,8 @@ def test_sixteen_concurrent_streaming_clients(tmp_path):
             ).text
             assert text == expected, f"client {k} request {i}"
     assert peak >= CLIENTS // 2, f"streams were not served concurrently (peak {peak} active)"
+    # Continuous batching: streams shared decode steps (one request per step would need a step per token).
+    assert batching["steps"] * 3 < batching["decoded"], batching
 
 
 if __name__ == "__main__":
