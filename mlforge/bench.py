@@ -17,12 +17,15 @@ each one must read (int8: 1 per weight, int4: 1/2, float32: 4, plus scales), so 
 GB/s on int4 means 8x the float32 speed. Each call cycles through enough copies of the
 weights (>= 48 MB) that they stream from memory, as in decode. Then a table of
 microseconds per call for 1..64 rows shows where dequantize + dot catches up (the
-crossover QuantizedLinear uses).
+crossover QuantizedLinear uses), and one of the int8-activation kernel on every shape at
+1, 4, 16 and 64 rows (prefill chunks), in us per call and GMAC/s.
 
 --cache_attention times jax_ops.cache_attention against a jitted XLA einsum over each
 row's whole cache with a causal mask (SmolLM2-135M heads: H=9, KVH=3, D=64; N=16 slots of
 S=4096): microseconds per call for decode (T=1) and two prefill chunks (B=1), at used
-lengths 128..4096. The kernel reads only the used keys; the einsum reads all S.
+lengths 128..4096. The kernel reads only the used keys; the einsum reads all S. Decode
+at B=1 and B=4 is timed again on float16 caches (half the bytes; "vs f32" is the float32
+kernel's time over the float16 one), the einsum on the same float16 caches.
 """
 
 from __future__ import annotations
@@ -183,6 +186,7 @@ def format_table(rows: list[Row]) -> list[str]:
 GEMV_SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
 GEMV_GROUP = {8: None, 4: 64}  # as Prime's "8bit" / "4bit" (int8 per channel)
 STREAM_BYTES = 48 << 20
+PREFILL_ROWS = (1, 4, 16, 64)  # Prime prefills in chunks of 4, 16 and 64 rows
 
 
 def _gemv_fns(n_in: int, n_out: int, bits: int | None, rows: int):
@@ -265,6 +269,20 @@ def crossover_rows(repeats: int, shape=(576, 1536)) -> list[tuple[str, ...]]:
     return rows
 
 
+def prefill_rows(repeats: int) -> list[tuple[str, ...]]:
+    """int8-activation us per call and GMAC/s on each shape at rows 1..64 (prefill chunks)."""
+    rows: list[tuple[str, ...]] = []
+    for n_in, n_out in GEMV_SHAPES:
+        for bits in (8, 4):
+            cells = []
+            for m in PREFILL_ROWS:
+                fns, args, _, copies = _gemv_fns(n_in, n_out, bits, m)
+                t = _per_call(fns["int8 x"], args, copies, repeats)
+                cells += [f"{t * 1e6:.1f}", f"{m * n_in * n_out / t / 1e9:.1f}"]
+            rows.append((f"{n_in}x{n_out}", f"int{bits}", *cells))
+    return rows
+
+
 def format_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -301,6 +319,9 @@ def main_gemv(repeats: int) -> None:
     print("\nus per call on 576x1536 by activation rows (lower is better)")
     header = ("rows", *(f"int{b} {k}" for b in (8, 4) for k in ("float x", "int8 x", "XLA deq+dot")))
     print("\n".join(format_columns(header, crossover_rows(repeats))))
+    print("\nint8 x (integer dots) by activation rows: us per call and GMAC/s")
+    header = ("in x out", "W", *(f"{m} rows {u}" for m in PREFILL_ROWS for u in ("us", "GMAC/s")))
+    print("\n".join(format_columns(header, prefill_rows(repeats))))
 
 
 CACHE_SLOTS, CACHE_LEN, CACHE_HEADS, CACHE_KV_HEADS, CACHE_HEAD_DIM = 16, 4096, 9, 3, 64
@@ -330,8 +351,12 @@ def cache_attention_rows(repeats: int) -> list[tuple[str, ...]]:
 
     rng = np.random.default_rng(0)
     shape = (CACHE_SLOTS, CACHE_LEN, CACHE_KV_HEADS, CACHE_HEAD_DIM)
-    k = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
-    v = jax.device_put(rng.standard_normal(shape, dtype=np.float32))
+    k32 = rng.standard_normal(shape, dtype=np.float32)
+    v32 = rng.standard_normal(shape, dtype=np.float32)
+    caches = {
+        dtype: (jax.device_put(k32.astype(dtype)), jax.device_put(v32.astype(dtype)))
+        for dtype in ("float32", "float16")
+    }
     ours, xla = jax.jit(jax_ops.cache_attention), jax.jit(_masked_einsum_attention)
     cases = [(b, 1, used) for b in (1, 4, 16) for used in (128, 1024, 4096)]
     cases += [(1, t, used) for t in (64, 256) for used in (1024, 4096)]
@@ -340,21 +365,27 @@ def cache_attention_rows(repeats: int) -> list[tuple[str, ...]]:
         q = rng.standard_normal((b, t, CACHE_HEADS, CACHE_HEAD_DIM), dtype=np.float32)
         slots = (np.arange(b, dtype=np.int32) * 5) % CACHE_SLOTS
         pos = np.broadcast_to(np.arange(used - t, used, dtype=np.int32), (b, t)).copy()
-        args = (q, k, v, slots, pos)
-        diff = float(np.abs(np.asarray(ours(*args)) - np.asarray(xla(*args))).max())
-        t_ours = best_seconds(lambda: jax.block_until_ready(ours(*args)), repeats)
-        t_xla = best_seconds(lambda: jax.block_until_ready(xla(*args)), repeats)
-        rows.append(
-            (
-                "decode" if t == 1 else f"chunk T={t}",
-                str(b),
-                str(used),
-                f"{t_ours * 1e6:.0f}",
-                f"{t_xla * 1e6:.0f}",
-                f"{t_xla / t_ours:.1f}x",
-                f"{diff:.1e}",
+        dtypes = ("float32", "float16") if t == 1 and b in (1, 4) else ("float32",)
+        t_f32 = None
+        for dtype in dtypes:
+            args = (q, *caches[dtype], slots, pos)
+            diff = float(np.abs(np.asarray(ours(*args)) - np.asarray(xla(*args))).max())
+            t_ours = best_seconds(lambda: jax.block_until_ready(ours(*args)), repeats)
+            t_xla = best_seconds(lambda: jax.block_until_ready(xla(*args)), repeats)
+            t_f32 = t_f32 or t_ours
+            rows.append(
+                (
+                    "decode" if t == 1 else f"chunk T={t}",
+                    str(b),
+                    str(used),
+                    dtype,
+                    f"{t_ours * 1e6:.0f}",
+                    f"{t_xla * 1e6:.0f}",
+                    f"{t_xla / t_ours:.1f}x",
+                    "" if dtype == "float32" else f"{t_f32 / t_ours:.2f}x",
+                    f"{diff:.1e}",
+                )
             )
-        )
     return rows
 
 
@@ -367,7 +398,17 @@ def main_cache_attention(repeats: int) -> None:
         f"KVH={CACHE_KV_HEADS}, D={CACHE_HEAD_DIM}, N={CACHE_SLOTS}, S={CACHE_LEN}; "
         f"isa={info['isa']}, threads={info['threads']}, jax {jax.__version__}, best of {repeats}"
     )
-    header = ("step", "B", "used", "MLForge", "XLA masked einsum", "speedup", "max |diff|")
+    header = (
+        "step",
+        "B",
+        "used",
+        "cache",
+        "MLForge",
+        "XLA masked einsum",
+        "speedup",
+        "vs f32",
+        "max |diff|",
+    )
     print("\n".join(format_columns(header, cache_attention_rows(repeats))))
 
 

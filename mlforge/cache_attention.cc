@@ -6,7 +6,9 @@
 //     kept transposed (D, R), so scores and the value update are broadcast FMAs.
 // The kernels are written once on GCC vector types of W lanes and instantiated in
 // functions compiled for AVX-512 (W = 16), AVX2 (W = 8) and baseline (W = 1, scalar),
-// picked at run time from active_isa() (no -march flags).
+// picked at run time from active_isa() (no -march flags), and for float32 or float16
+// caches: float16 keys and values become float32 as they are loaded (F16C vcvtph2ps;
+// half.h on the scalar path), and everything after the load is float32.
 #include "mlforge/cache_attention.h"
 
 #include <algorithm>
@@ -15,11 +17,17 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "mlforge/cpu_features.h"
+#include "mlforge/half.h"
 #include "mlforge/parallel.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>  // declares the vcvtph2ps builtins used by load_kv
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__)
 // Vector values only cross always_inline calls, so their return ABI never matters.
@@ -40,6 +48,7 @@ template <int W>
 struct Lanes {
   typedef float F __attribute__((vector_size(W * sizeof(float))));
   typedef int32_t I __attribute__((vector_size(W * sizeof(int32_t))));
+  typedef short H __attribute__((vector_size(W * sizeof(short))));  // float16 bits
 };
 
 template <int W>
@@ -53,6 +62,39 @@ template <int W>
 MLFORGE_INLINE void store(float* p, const typename Lanes<W>::F& v) {
   std::memcpy(p, &v, sizeof v);
 }
+
+// W cache values as float32 lanes. For float16 this calls GCC's builtins rather than the
+// _mm*_cvtph_ps intrinsics: those carry their own target attribute, which these
+// ISA-generic templates lack, so they could not be inlined here (the builtins are checked
+// only once inlined into task_avx2 / task_avx512, whose targets include f16c).
+template <int W>
+MLFORGE_INLINE typename Lanes<W>::F load_kv(const float* p) {
+  return load<W>(p);
+}
+
+template <int W>
+MLFORGE_INLINE typename Lanes<W>::F load_kv(const uint16_t* p) {
+  if constexpr (W == 1) {
+    return typename Lanes<1>::F{half_to_float(*p)};
+  } else {
+#if defined(__x86_64__)
+    typename Lanes<W>::H h;
+    std::memcpy(&h, p, sizeof h);
+    if constexpr (W == 8) {
+      return __builtin_ia32_vcvtph2ps256(h);
+    } else {
+      static_assert(W == 16, "float16 loads are 1, 8 or 16 lanes");
+      return __builtin_ia32_vcvtph2ps512_mask(h, typename Lanes<16>::F{},
+                                              static_cast<short>(-1), _MM_FROUND_CUR_DIRECTION);
+    }
+#else
+    static_assert(W == 1, "vector float16 loads need x86-64 F16C");
+#endif
+  }
+}
+
+MLFORGE_INLINE float to_float(float x) { return x; }
+MLFORGE_INLINE float to_float(uint16_t h) { return half_to_float(h); }
 
 template <int W>
 MLFORGE_INLINE typename Lanes<W>::F splat(float x) {
@@ -131,11 +173,13 @@ struct Dims {
 };
 
 // One (batch row, kv head, query block). Row r of the block is query t = r / G of head
-// h0 + r % G; keys 0..keys - 1 of the cache row are read.
+// h0 + r % G; keys 0..keys - 1 of the cache row are read. T: the caches' element type
+// (float, or uint16_t holding float16 bits).
+template <typename T>
 struct Task {
   const float* q;      // q[b, t0, 0, 0]
-  const float* k;      // k_cache[slot, 0, j, 0]
-  const float* v;      // v_cache[slot, 0, j, 0]
+  const T* k;          // k_cache[slot, 0, j, 0]
+  const T* v;          // v_cache[slot, 0, j, 0]
   const int32_t* pos;  // q_positions[b, t0]
   float* out;          // out[b, t0, 0, 0]
   int64_t queries, h0, keys;
@@ -151,31 +195,31 @@ struct Task {
 
 // ---- few rows: lanes along D ----
 
-template <int W>
-MLFORGE_INLINE float dot(const float* a, const float* b, int64_t D) {
+template <int W, typename T>
+MLFORGE_INLINE float dot(const float* a, const T* b, int64_t D) {
   using F = typename Lanes<W>::F;
   F acc0{}, acc1{};
   int64_t d = 0;
   for (; d + 2 * W <= D; d += 2 * W) {
-    acc0 += load<W>(a + d) * load<W>(b + d);
-    acc1 += load<W>(a + d + W) * load<W>(b + d + W);
+    acc0 += load<W>(a + d) * load_kv<W>(b + d);
+    acc1 += load<W>(a + d + W) * load_kv<W>(b + d + W);
   }
-  for (; d + W <= D; d += W) acc0 += load<W>(a + d) * load<W>(b + d);
+  for (; d + W <= D; d += W) acc0 += load<W>(a + d) * load_kv<W>(b + d);
   float s = hsum<W>(acc0 + acc1);
-  for (; d < D; ++d) s += a[d] * b[d];
+  for (; d < D; ++d) s += a[d] * to_float(b[d]);
   return s;
 }
 
 // y[0..D) = y * a + w * x
-template <int W>
-MLFORGE_INLINE void scale_add(float* y, float a, float w, const float* x, int64_t D) {
+template <int W, typename T>
+MLFORGE_INLINE void scale_add(float* y, float a, float w, const T* x, int64_t D) {
   int64_t d = 0;
-  for (; d + W <= D; d += W) store<W>(y + d, load<W>(y + d) * a + load<W>(x + d) * w);
-  for (; d < D; ++d) y[d] = y[d] * a + x[d] * w;
+  for (; d + W <= D; d += W) store<W>(y + d, load<W>(y + d) * a + load_kv<W>(x + d) * w);
+  for (; d < D; ++d) y[d] = y[d] * a + to_float(x[d]) * w;
 }
 
-template <int W>
-MLFORGE_INLINE void few_rows(const Dims& n, const Task& a, std::vector<float>& buf) {
+template <int W, typename T>
+MLFORGE_INLINE void few_rows(const Dims& n, const Task<T>& a, std::vector<float>& buf) {
   using F = typename Lanes<W>::F;
   const int64_t R = a.rows(n), D = n.D;
   buf.resize(static_cast<size_t>(R * (2 * D + kKeyBlock + 2)));
@@ -194,10 +238,11 @@ MLFORGE_INLINE void few_rows(const Dims& n, const Task& a, std::vector<float>& b
   for (int64_t s0 = 0; s0 < a.keys; s0 += kKeyBlock) {
     const int64_t bk = std::min(kKeyBlock, a.keys - s0);
     for (int64_t i = 0; i < bk; ++i) {
-      const float* kr = a.k + (s0 + i) * n.kv_stride;
+      const T* kr = a.k + (s0 + i) * n.kv_stride;
       // Keys are short strided reads that the hardware prefetchers follow poorly (as
-      // qmatmul's weight rows): fetch the key kAhead ahead of this one.
-      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(kr + kAhead * n.kv_stride + d);
+      // qmatmul's weight rows): fetch the key kAhead ahead of this one, a line at a time.
+      constexpr int64_t kLine = 64 / sizeof(T);
+      for (int64_t d = 0; d < D; d += kLine) __builtin_prefetch(kr + kAhead * n.kv_stride + d);
       for (int64_t r = 0; r < R; ++r) sc[r * kKeyBlock + i] = dot<W>(qs + r * D, kr, D);
     }
     for (int64_t r = 0; r < R; ++r) {
@@ -224,7 +269,7 @@ MLFORGE_INLINE void few_rows(const Dims& n, const Task& a, std::vector<float>& b
       if (alpha != 1.0f) scale_add<W>(acc + r * D, alpha, 0.0f, acc + r * D, D);
     }
     for (int64_t i = 0; i < bk; ++i) {
-      const float* vr = a.v + (s0 + i) * n.kv_stride;
+      const T* vr = a.v + (s0 + i) * n.kv_stride;
       for (int64_t r = 0; r < R; ++r) scale_add<W>(acc + r * D, 1.0f, sc[r * kKeyBlock + i], vr, D);
     }
   }
@@ -238,13 +283,14 @@ MLFORGE_INLINE void few_rows(const Dims& n, const Task& a, std::vector<float>& b
 // ---- many rows: lanes along rows, q and the accumulator transposed to (D, Rp) ----
 
 // P[i][c0 * W ..] for KS keys from i0 and NC vectors of rows from c0: sum_d k[i][d] * Qt[d].
+// k holds key i at k + i * ks.
 template <int W, int KS, int NC>
-MLFORGE_INLINE void score_tile(const Dims& n, const float* k, const float* qt, int64_t rp,
-                               int64_t i0, int64_t c0, float* p) {
+MLFORGE_INLINE void score_tile(const Dims& n, const float* k, int64_t ks, const float* qt,
+                               int64_t rp, int64_t i0, int64_t c0, float* p) {
   using F = typename Lanes<W>::F;
   F acc[KS][NC] = {};
   const float* kr[KS];
-  for (int s = 0; s < KS; ++s) kr[s] = k + (i0 + s) * n.kv_stride;
+  for (int s = 0; s < KS; ++s) kr[s] = k + (i0 + s) * ks;
   for (int64_t d = 0; d < n.D; ++d) {
     F qv[NC];
     for (int c = 0; c < NC; ++c) qv[c] = load<W>(qt + d * rp + (c0 + c) * W);
@@ -260,7 +306,7 @@ MLFORGE_INLINE void score_tile(const Dims& n, const float* k, const float* qt, i
 
 // At[d0 + e][c0 * W ..] += sum_i v[i][d0 + e] * P[i] for KD dims and NC vectors of rows.
 template <int W, int KD, int NC>
-MLFORGE_INLINE void value_tile(const Dims& n, const float* v, const float* p, int64_t rp,
+MLFORGE_INLINE void value_tile(const float* v, int64_t vs, const float* p, int64_t rp,
                                int64_t bk, int64_t d0, int64_t c0, float* at) {
   using F = typename Lanes<W>::F;
   F acc[KD][NC];
@@ -270,7 +316,7 @@ MLFORGE_INLINE void value_tile(const Dims& n, const float* v, const float* p, in
   for (int64_t i = 0; i < bk; ++i) {
     F pv[NC];
     for (int c = 0; c < NC; ++c) pv[c] = load<W>(p + i * rp + (c0 + c) * W);
-    const float* vr = v + i * n.kv_stride + d0;
+    const float* vr = v + i * vs + d0;
     for (int e = 0; e < KD; ++e) {
       const F vb = splat<W>(vr[e]);
       for (int c = 0; c < NC; ++c) acc[e][c] += vb * pv[c];
@@ -281,18 +327,36 @@ MLFORGE_INLINE void value_tile(const Dims& n, const float* v, const float* p, in
   }
 }
 
+// rows keys or values of D from src (stride `stride`) into dst (stride D) as float32.
 template <int W>
-MLFORGE_INLINE void many_rows(const Dims& n, const Task& a, std::vector<float>& buf) {
+MLFORGE_INLINE void widen_block(const uint16_t* src, int64_t stride, int64_t rows, int64_t D,
+                                float* dst) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const uint16_t* s = src + i * stride;
+    float* o = dst + i * D;
+    int64_t d = 0;
+    for (; d + W <= D; d += W) store<W>(o + d, load_kv<W>(s + d));
+    for (; d < D; ++d) o[d] = half_to_float(s[d]);
+  }
+}
+
+template <int W, typename T>
+MLFORGE_INLINE void many_rows(const Dims& n, const Task<T>& a, std::vector<float>& buf) {
   using F = typename Lanes<W>::F;
   constexpr int KS = 4, KD = 4, NC = 2;
+  constexpr bool kHalf = std::is_same_v<T, uint16_t>;
   const int64_t R = a.rows(n), D = n.D, rp = (R + W - 1) / W * W, nv = rp / W;
-  buf.resize(static_cast<size_t>(rp * (2 * D + kKeyBlock + 3)));
+  // float16: each block of keys (then values) is widened once into a (kKeyBlock, D)
+  // float32 tile that every query column reuses; a splat straight from float16 would
+  // cost a conversion per multiply-add.
+  buf.resize(static_cast<size_t>(rp * (2 * D + kKeyBlock + 3) + (kHalf ? kKeyBlock * D : 0)));
   float* qt = buf.data();          // (D, rp) scaled queries
   float* at = qt + D * rp;         // (D, rp) accumulator
   float* p = at + D * rp;          // (kKeyBlock, rp) scores, then probabilities
   float* m = p + kKeyBlock * rp;   // (rp)
   float* l = m + rp;               // (rp)
   float* alpha = l + rp;           // (rp)
+  float* wide = alpha + rp;        // (kKeyBlock, D) widened float16 block
   std::fill(qt, qt + 2 * D * rp, 0.0f);
   int64_t first = a.keys;  // smallest position of a real row: blocks past it need masks
   for (int64_t r = 0; r < R; ++r) {
@@ -304,15 +368,22 @@ MLFORGE_INLINE void many_rows(const Dims& n, const Task& a, std::vector<float>& 
   std::fill(l, l + rp, 0.0f);
   for (int64_t s0 = 0; s0 < a.keys; s0 += kKeyBlock) {
     const int64_t bk = std::min(kKeyBlock, a.keys - s0);
-    const float* k = a.k + s0 * n.kv_stride;
+    const float* k;
+    int64_t ks;
+    if constexpr (kHalf) {
+      widen_block<W>(a.k + s0 * n.kv_stride, n.kv_stride, bk, D, wide);
+      k = wide, ks = D;
+    } else {
+      k = a.k + s0 * n.kv_stride, ks = n.kv_stride;
+    }
     int64_t i = 0;
     for (; i + KS <= bk; i += KS) {
       int64_t c = 0;
-      for (; c + NC <= nv; c += NC) score_tile<W, KS, NC>(n, k, qt, rp, i, c, p);
-      for (; c < nv; ++c) score_tile<W, KS, 1>(n, k, qt, rp, i, c, p);
+      for (; c + NC <= nv; c += NC) score_tile<W, KS, NC>(n, k, ks, qt, rp, i, c, p);
+      for (; c < nv; ++c) score_tile<W, KS, 1>(n, k, ks, qt, rp, i, c, p);
     }
     for (; i < bk; ++i) {
-      for (int64_t c = 0; c < nv; ++c) score_tile<W, 1, 1>(n, k, qt, rp, i, c, p);
+      for (int64_t c = 0; c < nv; ++c) score_tile<W, 1, 1>(n, k, ks, qt, rp, i, c, p);
     }
     if (s0 + bk - 1 > first) {
       for (int64_t r = 0; r < R; ++r) {
@@ -342,15 +413,22 @@ MLFORGE_INLINE void many_rows(const Dims& n, const Task& a, std::vector<float>& 
         }
       }
     }
-    const float* v = a.v + s0 * n.kv_stride;
+    const float* v;
+    int64_t vs;
+    if constexpr (kHalf) {
+      widen_block<W>(a.v + s0 * n.kv_stride, n.kv_stride, bk, D, wide);
+      v = wide, vs = D;
+    } else {
+      v = a.v + s0 * n.kv_stride, vs = n.kv_stride;
+    }
     int64_t d = 0;
     for (; d + KD <= D; d += KD) {
       int64_t c = 0;
-      for (; c + NC <= nv; c += NC) value_tile<W, KD, NC>(n, v, p, rp, bk, d, c, at);
-      for (; c < nv; ++c) value_tile<W, KD, 1>(n, v, p, rp, bk, d, c, at);
+      for (; c + NC <= nv; c += NC) value_tile<W, KD, NC>(v, vs, p, rp, bk, d, c, at);
+      for (; c < nv; ++c) value_tile<W, KD, 1>(v, vs, p, rp, bk, d, c, at);
     }
     for (; d < D; ++d) {
-      for (int64_t c = 0; c < nv; ++c) value_tile<W, 1, 1>(n, v, p, rp, bk, d, c, at);
+      for (int64_t c = 0; c < nv; ++c) value_tile<W, 1, 1>(v, vs, p, rp, bk, d, c, at);
     }
   }
   for (int64_t r = 0; r < R; ++r) {
@@ -360,8 +438,8 @@ MLFORGE_INLINE void many_rows(const Dims& n, const Task& a, std::vector<float>& 
   }
 }
 
-template <int W>
-MLFORGE_INLINE void run_task(const Dims& n, const Task& a, std::vector<float>& buf) {
+template <int W, typename T>
+MLFORGE_INLINE void run_task(const Dims& n, const Task<T>& a, std::vector<float>& buf) {
   if (a.keys == 0) {  // every query of the block is padding
     for (int64_t r = 0; r < a.rows(n); ++r) std::fill_n(a.out_row(n, r), n.D, 0.0f);
   } else if (2 * a.rows(n) <= W) {
@@ -371,31 +449,37 @@ MLFORGE_INLINE void run_task(const Dims& n, const Task& a, std::vector<float>& b
   }
 }
 
-using TaskFn = void (*)(const Dims&, const Task&, std::vector<float>&);
+template <typename T>
+using TaskFn = void (*)(const Dims&, const Task<T>&, std::vector<float>&);
 
-void task_scalar(const Dims& n, const Task& a, std::vector<float>& buf) {
+template <typename T>
+void task_scalar(const Dims& n, const Task<T>& a, std::vector<float>& buf) {
   run_task<1>(n, a, buf);
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) void task_avx2(const Dims& n, const Task& a,
-                                                   std::vector<float>& buf) {
+// Every AVX2 CPU has F16C (Haswell onwards; Zen), so f16c adds no requirement.
+template <typename T>
+__attribute__((target("avx2,fma,f16c"))) void task_avx2(const Dims& n, const Task<T>& a,
+                                                        std::vector<float>& buf) {
   run_task<8>(n, a, buf);
 }
 
-__attribute__((target("avx2,fma,avx512f,avx512bw,avx512dq,avx512vl"))) void task_avx512(
-    const Dims& n, const Task& a, std::vector<float>& buf) {
+template <typename T>
+__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl"))) void task_avx512(
+    const Dims& n, const Task<T>& a, std::vector<float>& buf) {
   run_task<16>(n, a, buf);
 }
 #endif
 
-TaskFn pick_task_fn() {
+template <typename T>
+TaskFn<T> pick_task_fn() {
 #if defined(__x86_64__)
   const Isa isa = active_isa();
-  if (isa >= Isa::kAvx512) return task_avx512;
-  if (isa >= Isa::kAvx2) return task_avx2;
+  if (isa >= Isa::kAvx512) return task_avx512<T>;
+  if (isa >= Isa::kAvx2) return task_avx2<T>;
 #endif
-  return task_scalar;
+  return task_scalar<T>;
 }
 
 void check_indices(const CacheAttentionShape& s, const int32_t* slots, const int32_t* pos) {
@@ -436,9 +520,12 @@ void check_cache_attention_shape(const CacheAttentionShape& s) {
   }
 }
 
-void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
-                     const float* k_cache, const float* v_cache, const int32_t* slots,
-                     const int32_t* q_positions, float* out) {
+namespace {
+
+template <typename T>
+void run_cache_attention(const CacheAttentionShape& s, float scale, const float* q,
+                         const T* k_cache, const T* v_cache, const int32_t* slots,
+                         const int32_t* q_positions, float* out) {
   check_cache_attention_shape(s);
   check_indices(s, slots, q_positions);
   const Dims n{s.queries, s.heads, s.heads / s.kv_heads, s.head_dim, s.kv_heads * s.head_dim,
@@ -446,7 +533,7 @@ void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
   const int64_t blocks = (s.queries + kQueryBlock - 1) / kQueryBlock;
   // Tasks ordered by descending key count, claimed one at a time: later query blocks of
   // a chunk read more keys, and rows differ in length.
-  std::vector<Task> tasks;
+  std::vector<Task<T>> tasks;
   tasks.reserve(static_cast<size_t>(s.batch * s.kv_heads * blocks));
   int64_t work = 0;
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -457,16 +544,16 @@ void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
       const int64_t keys = *std::max_element(pos, pos + tq) + 1;  // 0 when all padding
       for (int64_t j = 0; j < s.kv_heads; ++j) {
         const int64_t at = (b * s.queries + t0) * s.heads * s.head_dim;
-        tasks.push_back(Task{q + at, k_cache + row + j * s.head_dim,
-                             v_cache + row + j * s.head_dim, pos, out + at, tq, j * n.G,
-                             std::max<int64_t>(keys, 0)});
+        tasks.push_back(Task<T>{q + at, k_cache + row + j * s.head_dim,
+                                v_cache + row + j * s.head_dim, pos, out + at, tq, j * n.G,
+                                std::max<int64_t>(keys, 0)});
         work += std::max<int64_t>(keys, 1) * tq * n.G * n.D;
       }
     }
   }
   std::stable_sort(tasks.begin(), tasks.end(),
-                   [&](const Task& x, const Task& y) { return x.keys > y.keys; });
-  const TaskFn fn = pick_task_fn();
+                   [&](const Task<T>& x, const Task<T>& y) { return x.keys > y.keys; });
+  const TaskFn<T> fn = pick_task_fn<T>();
   // Below ~256K multiply-adds a second thread costs more to wake than it saves.
   constexpr int64_t kMinWork = 1 << 18;
   const int64_t ntasks = static_cast<int64_t>(tasks.size());
@@ -476,6 +563,20 @@ void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
     std::vector<float> buf;
     for (int64_t i = next++; i < ntasks; i = next++) fn(n, tasks[i], buf);
   });
+}
+
+}  // namespace
+
+void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
+                     const float* k_cache, const float* v_cache, const int32_t* slots,
+                     const int32_t* q_positions, float* out) {
+  run_cache_attention(s, scale, q, k_cache, v_cache, slots, q_positions, out);
+}
+
+void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
+                     const uint16_t* k_cache, const uint16_t* v_cache, const int32_t* slots,
+                     const int32_t* q_positions, float* out) {
+  run_cache_attention(s, scale, q, k_cache, v_cache, slots, q_positions, out);
 }
 
 void cache_attention_reference(const CacheAttentionShape& s, float scale, const float* q,

@@ -1,4 +1,6 @@
-// Inference attention over a slot KV cache on the CPU, forward only, float32.
+// Inference attention over a slot KV cache on the CPU, forward only. q and out are
+// float32; the caches are float32 or IEEE float16 (converted as they are read, float32
+// arithmetic: half the bytes per cached token for memory-bound decode).
 //
 // Layouts (row-major): q (B, T, H, D); k_cache, v_cache (N, S, KVH, D) with H a multiple
 // of KVH (grouped-query: head h reads kv head h / (H / KVH)); slots (B,) and
@@ -29,6 +31,11 @@ void check_cache_attention_shape(const CacheAttentionShape& s);
 // when a slot is outside [0, N) or a position is >= S, before anything is written.
 void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
                      const float* k_cache, const float* v_cache, const int32_t* slots,
+                     const int32_t* q_positions, float* out);
+
+// The same with float16 caches, given as their IEEE binary16 bits (mlforge/half.h).
+void cache_attention(const CacheAttentionShape& s, float scale, const float* q,
+                     const uint16_t* k_cache, const uint16_t* v_cache, const int32_t* slots,
                      const int32_t* q_positions, float* out);
 
 // The same in float64, one query at a time: the tests' reference.

@@ -7,9 +7,11 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "mlforge/cpu_features.h"
+#include "mlforge/half.h"
 
 namespace mlforge {
 namespace {
@@ -46,9 +48,38 @@ Case make_case(const CacheAttentionShape& s, uint32_t seed) {
 std::vector<float> run(const Case& c, bool reference, float scale = 0.0f) {
   if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(c.shape.head_dim));
   std::vector<float> out(c.q.size(), std::numeric_limits<float>::quiet_NaN());
-  auto fn = reference ? cache_attention_reference : cache_attention;
+  using Fn = void (*)(const CacheAttentionShape&, float, const float*, const float*,
+                     const float*, const int32_t*, const int32_t*, float*);
+  const Fn fn = reference ? Fn(cache_attention_reference) : Fn(cache_attention);
   fn(c.shape, scale, c.q.data(), c.k.data(), c.v.data(), c.slots.data(), c.pos.data(),
      out.data());
+  return out;
+}
+
+// The case with its caches rounded to float16, and those caches' bits: the float64
+// reference on the rounded floats is what the float16 kernel must match.
+struct HalfCase {
+  Case c;
+  std::vector<uint16_t> k, v;
+};
+
+HalfCase to_half(Case c) {
+  HalfCase h{std::move(c), {}, {}};
+  for (auto [f, bits] : {std::pair{&h.c.k, &h.k}, std::pair{&h.c.v, &h.v}}) {
+    for (float& x : *f) {
+      bits->push_back(float_to_half(x));
+      x = half_to_float(bits->back());
+    }
+  }
+  return h;
+}
+
+std::vector<float> run_half(const HalfCase& h, float scale = 0.0f) {
+  const Case& c = h.c;
+  if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(c.shape.head_dim));
+  std::vector<float> out(c.q.size(), std::numeric_limits<float>::quiet_NaN());
+  cache_attention(c.shape, scale, c.q.data(), h.k.data(), h.v.data(), c.slots.data(),
+                  c.pos.data(), out.data());
   return out;
 }
 
@@ -69,22 +100,31 @@ class CacheAttentionIsa : public ::testing::TestWithParam<Isa> {
   void TearDown() override { set_max_isa(Isa::kAvx512); }
 };
 
+// {batch, queries, heads, kv_heads, head_dim, rows, capacity}
+const CacheAttentionShape kShapes[] = {
+    {5, 1, 9, 3, 64, 4, 300},     // decode, SmolLM2 heads
+    {3, 1, 32, 32, 128, 3, 200},  // decode, Llama heads
+    {4, 1, 8, 2, 8, 2, 70},       // rows share slots
+    {1, 64, 9, 3, 64, 2, 400},    // chunked prefill
+    {1, 37, 4, 1, 128, 1, 150},   // chunk, G = 4, ragged query blocks
+    {2, 16, 6, 6, 20, 3, 90},     // D not a multiple of any vector width
+    {2, 3, 4, 2, 5, 2, 9},        // tiny
+    {1, 256, 2, 2, 64, 1, 256},   // chunk filling the whole cache
+};
+
 TEST_P(CacheAttentionIsa, MatchesFloat64Reference) {
-  // {batch, queries, heads, kv_heads, head_dim, rows, capacity}
-  const CacheAttentionShape shapes[] = {
-      {5, 1, 9, 3, 64, 4, 300},     // decode, SmolLM2 heads
-      {3, 1, 32, 32, 128, 3, 200},  // decode, Llama heads
-      {4, 1, 8, 2, 8, 2, 70},       // rows share slots
-      {1, 64, 9, 3, 64, 2, 400},    // chunked prefill
-      {1, 37, 4, 1, 128, 1, 150},   // chunk, G = 4, ragged query blocks
-      {2, 16, 6, 6, 20, 3, 90},     // D not a multiple of any vector width
-      {2, 3, 4, 2, 5, 2, 9},        // tiny
-      {1, 256, 2, 2, 64, 1, 256},   // chunk filling the whole cache
-  };
   uint32_t seed = 1;
-  for (const auto& s : shapes) {
+  for (const auto& s : kShapes) {
     const Case c = make_case(s, seed++);
     expect_close(run(c, false), run(c, true), "shape #" + std::to_string(seed - 1));
+  }
+}
+
+TEST_P(CacheAttentionIsa, Float16CachesMatchFloat64ReferenceOnTheRoundedValues) {
+  uint32_t seed = 1;
+  for (const auto& s : kShapes) {
+    const HalfCase h = to_half(make_case(s, seed++));
+    expect_close(run_half(h), run(h.c, true), "float16 shape #" + std::to_string(seed - 1));
   }
 }
 
@@ -124,6 +164,43 @@ TEST_P(CacheAttentionIsa, ReadsOnlyTheUsedPartOfEachRow) {
   expect_close(run(c, false), want, "NaN tail");
 }
 
+TEST_P(CacheAttentionIsa, Float16PositionZeroAndLastAndPadding) {
+  Case c = make_case({2, 4, 6, 2, 64, 2, 130}, 12);
+  c.pos = {0, -1, 129, 64, -1, -1, -1, -1};  // row 1 is all padding
+  const HalfCase h = to_half(std::move(c));
+  const std::vector<float> got = run_half(h);
+  expect_close(got, run(h.c, true), "float16 edges");
+  const int64_t hd = 6 * 64;
+  for (int64_t t : {1, 4, 5, 6, 7}) {
+    for (int64_t i = 0; i < hd; ++i) ASSERT_EQ(got[t * hd + i], 0.0f) << t;
+  }
+  // Position 0 sees one key: the output is that value row, widened exactly.
+  const int64_t slot = h.c.slots[0];
+  for (int64_t hh = 0; hh < 6; ++hh) {
+    for (int64_t d = 0; d < 64; ++d) {
+      ASSERT_NEAR(got[hh * 64 + d], half_to_float(h.v[(slot * 130 * 2 + hh / 3) * 64 + d]),
+                  1e-6f);
+    }
+  }
+}
+
+TEST_P(CacheAttentionIsa, Float16ReadsOnlyTheUsedPartOfEachRow) {
+  const CacheAttentionShape s{3, 5, 4, 2, 64, 3, 500};
+  HalfCase h = to_half(make_case(s, 6));
+  const std::vector<float> want = run(h.c, true);
+  const int64_t kvs = s.kv_heads * s.head_dim;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    const int32_t last = h.c.pos[b * s.queries + s.queries - 1];
+    for (int64_t p = last + 1; p < s.capacity; ++p) {
+      for (int64_t i = 0; i < kvs; ++i) {
+        h.k[(h.c.slots[b] * s.capacity + p) * kvs + i] = 0x7e00;  // float16 NaN
+        h.v[(h.c.slots[b] * s.capacity + p) * kvs + i] = 0x7e00;
+      }
+    }
+  }
+  expect_close(run_half(h), want, "float16 NaN tail");
+}
+
 INSTANTIATE_TEST_SUITE_P(AllIsas, CacheAttentionIsa,
                          ::testing::Values(Isa::kScalar, Isa::kAvx2, Isa::kAvx512),
                          [](const auto& info) { return std::string(isa_name(info.param)); });
@@ -131,6 +208,11 @@ INSTANTIATE_TEST_SUITE_P(AllIsas, CacheAttentionIsa,
 TEST(CacheAttention, ScaleIsApplied) {
   const Case c = make_case({2, 2, 4, 2, 16, 2, 40}, 3);
   expect_close(run(c, false, 0.37f), run(c, true, 0.37f), "scale");
+}
+
+TEST(CacheAttention, Float16ScaleIsApplied) {
+  const HalfCase h = to_half(make_case({2, 2, 4, 2, 16, 2, 40}, 3));
+  expect_close(run_half(h, 0.37f), run(h.c, true, 0.37f), "float16 scale");
 }
 
 TEST(CacheAttention, BadIndicesNameTheArgument) {
@@ -157,6 +239,12 @@ TEST(CacheAttention, BadIndicesNameTheArgument) {
   expect_error("q_positions[0, 0]");
   c.pos[0] = 15;
   EXPECT_NO_THROW(call());
+  // The float16 entry point checks the same before reading.
+  const std::vector<uint16_t> k16(c.k.size()), v16(c.v.size());
+  c.slots[0] = 3;
+  EXPECT_THROW(cache_attention(c.shape, 1.0f, c.q.data(), k16.data(), v16.data(),
+                               c.slots.data(), c.pos.data(), out.data()),
+               std::invalid_argument);
 }
 
 TEST(CacheAttention, BadShapesNameTheField) {

@@ -160,12 +160,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AttentionBwdHandler, AttentionBwdImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));
 
-// q (B, T, H, D), k/v cache (N, S, KVH, D), slots (B,), q_positions (B, T) -> out like q.
-// Slots and positions are checked by the core before it reads the caches.
-ffi::Error CacheAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
-                              ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> slots,
-                              ffi::Buffer<ffi::S32> pos, ffi::ResultBuffer<ffi::F32> out,
-                              float scale) {
+// q (B, T, H, D), k/v cache (N, S, KVH, D) both f32 or both f16, slots (B,),
+// q_positions (B, T) -> out like q (f32). Slots and positions are checked by the core
+// before it reads the caches.
+ffi::Error CacheAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                              ffi::Buffer<ffi::S32> slots, ffi::Buffer<ffi::S32> pos,
+                              ffi::ResultBuffer<ffi::F32> out, float scale) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions(), sd = slots.dimensions(),
        pd = pos.dimensions();
   const auto bad = [&](const char* what) {
@@ -174,6 +174,12 @@ ffi::Error CacheAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
         dims_str(kd) + ", v_cache " + dims_str(vd) + ", slots " + dims_str(sd) +
         ", q_positions " + dims_str(pd));
   };
+  const ffi::DataType kt = k.element_type();
+  if (kt != ffi::F32 && kt != ffi::F16) return bad("k_cache must be float32 or float16");
+  if (v.element_type() != kt) {
+    return bad(kt == ffi::F32 ? "v_cache must be float32 like k_cache"
+                              : "v_cache must be float16 like k_cache");
+  }
   if (qd.size() != 4) return bad("q must be (B, T, H, D)");
   if (kd.size() != 4 || kd[3] != qd[3]) return bad("k_cache must be (N, S, KVH, D)");
   if (vd.size() != 4 || vd[0] != kd[0] || vd[1] != kd[1] || vd[2] != kd[2] || vd[3] != kd[3]) {
@@ -184,8 +190,15 @@ ffi::Error CacheAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   if (out->element_count() != q.element_count()) return bad("out must have q's shape");
   const CacheAttentionShape shape{qd[0], qd[1], qd[2], kd[2], qd[3], kd[0], kd[1]};
   try {
-    cache_attention(shape, scale, q.typed_data(), k.typed_data(), v.typed_data(),
-                    slots.typed_data(), pos.typed_data(), out->typed_data());
+    if (kt == ffi::F16) {
+      cache_attention(shape, scale, q.typed_data(), k.reinterpret_data<uint16_t>(),
+                      v.reinterpret_data<uint16_t>(), slots.typed_data(), pos.typed_data(),
+                      out->typed_data());
+    } else {
+      cache_attention(shape, scale, q.typed_data(), k.typed_data<float>(),
+                      v.typed_data<float>(), slots.typed_data(), pos.typed_data(),
+                      out->typed_data());
+    }
   } catch (const std::exception& e) {
     return ffi::Error::InvalidArgument(std::string("mlforge_cache_attention: ") + e.what());
   }
@@ -195,8 +208,8 @@ ffi::Error CacheAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CacheAttentionHandler, CacheAttentionImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

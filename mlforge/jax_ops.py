@@ -279,9 +279,10 @@ def cache_attention(
 ) -> jax.Array:
     """Attention of new queries over a slot KV cache with MLForge's CPU kernel (forward only).
 
-    q (B, T, H, D) float32; k_cache, v_cache (N, S, KVH, D) float32, H a multiple of KVH
-    (head h reads kv head h // (H // KVH)); slots (B,) int: batch row b reads cache row
-    slots[b]; q_positions (B, T) int: query (b, t) attends keys 0..q_positions[b, t] of
+    q (B, T, H, D) float32; k_cache, v_cache (N, S, KVH, D), both float32 or both float16
+    (converted to float32 as the kernel reads them: half the bytes per cached token for
+    memory-bound decode), H a multiple of KVH (head h reads kv head h // (H // KVH));
+    slots (B,) int: batch row b reads cache row slots[b]; q_positions (B, T) int: query (b, t) attends keys 0..q_positions[b, t] of
     that row (the caller has already written this step's keys), a negative position marks
     a padding query whose output is zeros. Returns (B, T, H, D) float32.
 
@@ -292,10 +293,18 @@ def cache_attention(
     """
     q, k_cache, v_cache = jnp.asarray(q), jnp.asarray(k_cache), jnp.asarray(v_cache)
     slots, q_positions = jnp.asarray(slots), jnp.asarray(q_positions)
-    for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if x.ndim != 4 or x.dtype != jnp.float32:
-            want = "(B, T, H, D)" if name == "q" else "(N, S, KVH, D)"
-            raise ValueError(f"{name} must be float32 {want}; got {x.dtype} {x.shape}")
+    if q.ndim != 4 or q.dtype != jnp.float32:
+        raise ValueError(f"q must be float32 (B, T, H, D); got {q.dtype} {q.shape}")
+    if k_cache.ndim != 4 or k_cache.dtype not in (jnp.float32, jnp.float16):
+        raise ValueError(
+            "k_cache must be float32 or float16 (N, S, KVH, D); "
+            f"got {k_cache.dtype} {k_cache.shape}"
+        )
+    if v_cache.dtype != k_cache.dtype:
+        raise ValueError(
+            f"v_cache must have k_cache's dtype {k_cache.dtype} (both float32 or both float16); "
+            f"got {v_cache.dtype}"
+        )
     b, t, h, d = q.shape
     n, s, kvh, _ = k_cache.shape
     if v_cache.shape != k_cache.shape:

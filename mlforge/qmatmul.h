@@ -26,7 +26,7 @@
 namespace mlforge {
 
 struct QMatmulShape {
-  int64_t rows;      // M: activation rows (any; the kernel is tuned for 1..8)
+  int64_t rows;      // M: activation rows (any; tuned for decode and prefill chunks)
   int64_t in;        // I: input features
   int64_t out;       // O: output features
   int bits;          // 8 or 4

@@ -53,10 +53,12 @@ inline int64_t prefetch_distance(int64_t tile_bytes) {
 //   xd: the block's scale d; xc: -offset * (sum of the 4 xq), offset 128 for int8
 //   weights (fed to vpdpbusd as unsigned q ^ 0x80 = q + 128) and 8 for int4 (nibbles are
 //   q + 8), so a dot started from xc gives sum xq * q exactly.
+// xs: per block slot, the sum of its 8 xc lanes (where a whole block's dot starts).
 struct Q8Args {
   const int8_t* xq;   // (rows, in)
   const float* xd;    // (rows, in / 4)
   const int32_t* xc;  // (rows, in / 4)
+  const int32_t* xs;  // (rows, in / 32)
   const uint8_t* wq;  // as QMatmulArgs
   const float* scales;
   float* y;

@@ -54,13 +54,18 @@ void q8_quantize_block_scalar(const float* xb, int32_t offset, int8_t* q, float*
 
 namespace {
 
-void quantize_row(const QMatmulShape& s, const float* x, int8_t* xq, float* xd, int32_t* xc) {
+void quantize_row(const QMatmulShape& s, const float* x, int8_t* xq, float* xd, int32_t* xc,
+                  int32_t* xs) {
   const int64_t per_group = s.group / kBlock;
   const int32_t offset = s.bits == 8 ? 128 : 8;
   const auto block = active_isa() >= Isa::kAvx2 ? q8_quantize_block_avx2 : q8_quantize_block_scalar;
   for (int64_t b = 0; b < s.in / kBlock; ++b) {
     const int64_t slot = b - b % per_group + q8_block_slot(s.bits, s.group, b % per_group);
     block(x + b * kBlock, offset, xq + slot * kBlock, xd + slot * 8, xc + slot * 8);
+  }
+  for (int64_t b = 0; b < s.in / kBlock; ++b) {
+    xs[b] = 0;
+    for (int64_t l = 0; l < 8; ++l) xs[b] += xc[b * 8 + l];
   }
 }
 
@@ -117,18 +122,21 @@ void q8_outputs_scalar(const Q8Args& a, int64_t o0, int64_t o1) {
 
 void qmatmul_q8(const QMatmulShape& s, const float* x, const void* wq, const float* scales,
                 float* y) {
-  // Per row: in bytes of xq, in / 4 floats of xd and in / 4 int32 of xc. Reused per
-  // thread: decode calls this hundreds of times per token.
+  // Per row: in bytes of xq, in / 4 floats of xd, in / 4 int32 of xc and in / 32 of xs,
+  // once per call for all rows. Reused per thread: decode calls this hundreds of times
+  // per token.
   thread_local std::vector<int32_t> buf;
-  const int64_t lanes = s.rows * (s.in / 4);
-  buf.resize(static_cast<size_t>(3 * lanes));
+  const int64_t lanes = s.rows * (s.in / 4), blocks = s.rows * (s.in / kBlock);
+  buf.resize(static_cast<size_t>(3 * lanes + blocks));
   int8_t* xq = reinterpret_cast<int8_t*>(buf.data());
   float* xd = reinterpret_cast<float*>(buf.data() + lanes);
   int32_t* xc = buf.data() + 2 * lanes;
+  int32_t* xs = buf.data() + 3 * lanes;
   for (int64_t m = 0; m < s.rows; ++m) {
-    quantize_row(s, x + m * s.in, xq + m * s.in, xd + m * (s.in / 4), xc + m * (s.in / 4));
+    quantize_row(s, x + m * s.in, xq + m * s.in, xd + m * (s.in / 4), xc + m * (s.in / 4),
+                 xs + m * (s.in / kBlock));
   }
-  const Q8Args args{xq,   xd,    xc,    static_cast<const uint8_t*>(wq), scales, y,
+  const Q8Args args{xq,   xd,    xc,    xs,      static_cast<const uint8_t*>(wq), scales, y,
                     s.rows, s.in, s.out, s.group, s.bits};
   const Q8Kernel kernel = choose_q8().kernel;
   for_output_blocks(s, [&](int64_t o0, int64_t o1) { kernel(args, o0, o1); });

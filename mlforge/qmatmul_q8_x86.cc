@@ -5,13 +5,18 @@
 // vpdpbusd multiplies unsigned by signed bytes, so the weights go in as unsigned (int8:
 // q ^ 0x80 = q + 128; int4: the stored nibble q + 8) and each lane starts from the
 // activation-side correction xc = -offset * sum x (qmatmul_kernels.h): exact int32 dots.
-// Each block's int32 lanes are scaled by its activation scale into a float partial sum
-// per group, which the group's weight scale then multiplies. Every (output, row) pair
-// is computed in the same order whatever the tile, so results do not depend on the
-// number of rows in the call or on the thread split.
+// AVX2: each block's int32 lanes are scaled by its activation scale into a float partial
+// sum per group, which the group's weight scale then multiplies. AVX-512: each block's
+// whole int32 dot is, the same way, with the outputs across the lanes (register tiles of
+// 8 rows x 16 outputs). Every (output, row) pair is computed in the same order whatever
+// the tile, so results do not depend on the number of rows in the call or on the thread
+// split.
 #include "mlforge/qmatmul_kernels.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -53,101 +58,226 @@ namespace avx_vnni {
 namespace avx512_vnni {
 namespace {
 
-// One step: 64 inputs (two blocks, 16 int32 lanes) at x position p, or 32 when `half`
-// (the upper lanes then load as zeros and add nothing).
-template <int NR, int MR>
-Q8_INLINE void step_512(const Q8Args& a, int64_t m0, int64_t p, bool half,
-                        const __m512i (&w)[NR], __m512 (&t)[NR][MR]) {
-  const __mmask64 bytes = half ? 0xffffffffull : ~0ull;
-  const __mmask16 lanes = half ? 0x00ff : 0xffff;
-  for (int m = 0; m < MR; ++m) {
-    const __m512i x = _mm512_maskz_loadu_epi8(bytes, a.xq + (m0 + m) * a.in + p);
-    const int64_t lane = (m0 + m) * (a.in / 4) + p / 4;
-    const __m512i xc = _mm512_maskz_loadu_epi32(lanes, a.xc + lane);
-    const __m512 xd = _mm512_maskz_loadu_ps(lanes, a.xd + lane);
-    for (int n = 0; n < NR; ++n) {
-      const __m512i dot = _mm512_dpbusd_epi32(xc, w[n], x);
-      t[n][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), xd, t[n][m]);
-    }
+// Outputs are the 16 int32 lanes: a panel of 16 weight rows is transposed once into
+// words (4 inputs of each output per zmm), then every activation row's block dot is 8
+// vpdpbusd with its 4 bytes broadcast, one conversion and one fma per 16 outputs. Each
+// weight load feeds kRows rows and no horizontal sums remain.
+constexpr int kLanes = 16, kRows = 8;
+
+// 16 outputs' 16 int32 words each -> word k of every output in r[k].
+Q8_INLINE void transpose_16x16(__m512i (&r)[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // words j, j+4, j+8, j+12 of 4 outputs in u[i + j]
+    u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i a = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88);
+    const __m512i b = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);
+    const __m512i c = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88);
+    const __m512i d = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
+    r[j] = _mm512_shuffle_i32x4(a, c, 0x88);
+    r[j + 8] = _mm512_shuffle_i32x4(a, c, 0xdd);
+    r[j + 4] = _mm512_shuffle_i32x4(b, d, 0x88);
+    r[j + 12] = _mm512_shuffle_i32x4(b, d, 0xdd);
   }
 }
 
-template <int BITS, int NR, int MR>
-void tile_512(const Q8Args& a, int64_t o, int64_t m0) {
-  const int64_t groups = a.in / a.group, half = a.group / 2;
+// 64 inputs (32 when `part`) of one weight row from kernel-order position c, as the
+// unsigned bytes vpdpbusd takes. int4: both layouts keep them at packed byte c / 2.
+template <int BITS>
+Q8_INLINE __m512i load_chunk(const Q8Args& a, const uint8_t* w, int64_t c, bool part) {
+  if constexpr (BITS == 8) {
+    const __m512i v = _mm512_maskz_loadu_epi8(part ? 0xffffffffull : ~0ull, w + c);
+    return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    const __m256i b = _mm256_maskz_loadu_epi8(part ? 0xffffu : 0xffffffffu, w + c / 2);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
+    if (a.group == 32) {  // per 16 bytes: low nibbles are inputs 0..15, high 16..31
+      const __m256i first = _mm256_permute2x128_si256(lo, hi, 0x20);
+      hi = _mm256_permute2x128_si256(lo, hi, 0x31);
+      lo = first;
+    }
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+}
+
+// Weight rows o..o+n (n <= 16, the rest zero) into words p[in / 4] and their scales
+// s[groups][16], prefetching the same position one panel-sized stride ahead.
+template <int BITS>
+void pack_panel(const Q8Args& a, int64_t o, int n, __m512i* p, float* s) {
+  const int64_t groups = a.in / a.group;
   const int64_t row_bytes = BITS == 8 ? a.in : a.in / 2;
-  const int64_t ahead = prefetch_distance(NR * row_bytes);
-  const uint8_t* w[NR];
-  for (int n = 0; n < NR; ++n) w[n] = a.wq + (o + n) * row_bytes;
-  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  __m512 acc[NR][MR];
-  for (int n = 0; n < NR; ++n) {
-    for (int m = 0; m < MR; ++m) acc[n][m] = _mm512_setzero_ps();
+  const int64_t ahead = prefetch_distance(kLanes * row_bytes);
+  for (int64_t c = 0; c < a.in; c += 64) {
+    const bool part = c + 64 > a.in;
+    __m512i r[16];
+    for (int k = 0; k < kLanes; ++k) {
+      if (k >= n) {
+        r[k] = _mm512_setzero_si512();
+        continue;
+      }
+      const uint8_t* w = a.wq + (o + k) * row_bytes;
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * BITS / 8 + ahead), _MM_HINT_T0);
+      r[k] = load_chunk<BITS>(a, w, c, part);
+    }
+    transpose_16x16(r);
+    for (int k = 0; k < (part ? 8 : 16); ++k) _mm512_storeu_si512(p + c / 4 + k, r[k]);
   }
   for (int64_t g = 0; g < groups; ++g) {
-    __m512 t[NR][MR];
-    for (int n = 0; n < NR; ++n) {
-      for (int m = 0; m < MR; ++m) t[n][m] = _mm512_setzero_ps();
+    for (int k = 0; k < kLanes; ++k) {
+      s[g * kLanes + k] = k < n ? a.scales[(o + k) * groups + g] : 0;
     }
-    __m512i wv[NR];
-    const int64_t end = (g + 1) * a.group;
-    if constexpr (BITS == 8) {
-      for (int64_t p = g * a.group; p < end; p += 64) {
-        const bool part = p + 64 > end;  // groups of 32 (mod 64)
-        for (int n = 0; n < NR; ++n) {
-          _mm_prefetch(reinterpret_cast<const char*>(w[n] + p + ahead), _MM_HINT_T0);
-          wv[n] = _mm512_xor_si512(
-              _mm512_maskz_loadu_epi8(part ? 0xffffffffull : ~0ull, w[n] + p), bias);
-        }
-        step_512<NR, MR>(a, m0, p, part, wv, t);
-      }
-    } else if (a.group == 32) {  // 16 bytes: low nibbles are inputs 0..15, high 16..31
-      for (int n = 0; n < NR; ++n) {
-        const uint8_t* src = w[n] + g * 16;
-        _mm_prefetch(reinterpret_cast<const char*>(src + ahead), _MM_HINT_T0);
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
-        const __m256i y = _mm256_set_m128i(_mm_srli_epi16(b, 4), b);
-        wv[n] = _mm512_and_si512(_mm512_zextsi256_si512(y), low4);
-      }
-      step_512<NR, MR>(a, m0, g * 32, true, wv, t);
-    } else {
-      for (int64_t k = 0; k < half; k += 32) {  // low nibbles: one block, high: the next
-        for (int n = 0; n < NR; ++n) {
-          const uint8_t* src = w[n] + g * half + k;
-          _mm_prefetch(reinterpret_cast<const char*>(src + ahead), _MM_HINT_T0);
-          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-          const __m512i both =
-              _mm512_inserti64x4(_mm512_castsi256_si512(b), _mm256_srli_epi16(b, 4), 1);
-          wv[n] = _mm512_and_si512(both, low4);
-        }
-        step_512<NR, MR>(a, m0, g * a.group + 2 * k, false, wv, t);
-      }
-    }
-    for (int n = 0; n < NR; ++n) {
-      const __m512 s = _mm512_set1_ps(a.scales[(o + n) * groups + g]);
-      for (int m = 0; m < MR; ++m) acc[n][m] = _mm512_fmadd_ps(t[n][m], s, acc[n][m]);
-    }
-  }
-  for (int m = 0; m < MR; ++m) {
-    for (int n = 0; n < NR; ++n) a.y[(m0 + m) * a.out + o + n] = _mm512_reduce_add_ps(acc[n][m]);
   }
 }
 
-// Tiles of at most 2 rows: 4 outputs x 2 rows of accumulators and of group partial
-// sums, 4 weight vectors and the row's operands fit the 32 zmm registers.
-template <int BITS, int NR>
-void rows_512(const Q8Args& a, int64_t o) {
-  int64_t m = 0;
-  for (; m + 2 <= a.rows; m += 2) tile_512<BITS, NR, 2>(a, o, m);
-  if (m < a.rows) tile_512<BITS, NR, 1>(a, o, m);
+Q8_INLINE __m512i broadcast4(const int8_t* x) {
+  int32_t v;
+  std::memcpy(&v, x, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// y[m0 .. m0+MR, o .. o+n] from a packed panel: per (row, output) the block dots are
+// exact int32, then t = fma(dot, d, t) per block and acc = fma(t, scale, acc) per group,
+// in block order whatever MR (so rows do not depend on the call's row count).
+template <int MR>
+void panel_rows(const Q8Args& a, const __m512i* p, const float* s, int64_t m0, int64_t o, int n) {
+  const int64_t per_group = a.group / 32, groups = a.in / a.group;
+  const int8_t* x[MR];
+  const float* xd[MR];
+  const int32_t* xs[MR];
+  __m512 acc[MR];
+  for (int m = 0; m < MR; ++m) {
+    x[m] = a.xq + (m0 + m) * a.in;
+    xd[m] = a.xd + (m0 + m) * (a.in / 4);
+    xs[m] = a.xs + (m0 + m) * (a.in / 32);
+    acc[m] = _mm512_setzero_ps();
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 t[MR];
+    for (int m = 0; m < MR; ++m) t[m] = _mm512_setzero_ps();
+    for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
+      __m512i dot[MR];
+      for (int m = 0; m < MR; ++m) dot[m] = _mm512_set1_epi32(xs[m][b]);
+      for (int k = 0; k < 8; ++k) {
+        const __m512i w = _mm512_loadu_si512(p + b * 8 + k);
+        for (int m = 0; m < MR; ++m) {
+          dot[m] = _mm512_dpbusd_epi32(dot[m], w, broadcast4(x[m] + b * 32 + 4 * k));
+        }
+      }
+      for (int m = 0; m < MR; ++m) {
+        t[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[m]), _mm512_set1_ps(xd[m][b * 8]), t[m]);
+      }
+    }
+    const __m512 scale = _mm512_loadu_ps(s + g * kLanes);
+    for (int m = 0; m < MR; ++m) acc[m] = _mm512_fmadd_ps(t[m], scale, acc[m]);
+  }
+  const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+  for (int m = 0; m < MR; ++m) _mm512_mask_storeu_ps(a.y + (m0 + m) * a.out + o, keep, acc[m]);
+}
+
+// Row-major sums of 16 outputs' int32 lanes over 64 inputs -> (block c/32, block c/32 + 1)
+// dots with output k in lane k. Integer adds, so exact in any order.
+Q8_INLINE void reduce_blocks(__m512i (&v)[16], __m512i& first, __m512i& second) {
+  __m512i q[4];
+  for (int i = 0; i < 16; i += 4) {  // per 128-bit lane: outputs i..i+3, 16 inputs each
+    const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[i], v[i + 1]),
+                                         _mm512_unpackhi_epi32(v[i], v[i + 1]));
+    const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[i + 2], v[i + 3]),
+                                         _mm512_unpackhi_epi32(v[i + 2], v[i + 3]));
+    q[i / 4] = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+  }
+  const __m512i z0 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[0], q[1], 0x88),
+                                      _mm512_shuffle_i32x4(q[0], q[1], 0xdd));
+  const __m512i z1 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[2], q[3], 0x88),
+                                      _mm512_shuffle_i32x4(q[2], q[3], 0xdd));
+  first = _mm512_shuffle_i32x4(z0, z1, 0x88);
+  second = _mm512_shuffle_i32x4(z0, z1, 0xdd);
+}
+
+// One row (decode, memory-bound: nothing to amortize a transpose over): the weights are
+// read in place, dots run along the inputs and reduce_blocks turns them into the block
+// dots of panel_rows, followed by the same float steps, so results match it bit for bit.
+template <int BITS>
+void single_row(const Q8Args& a, int64_t m, int64_t o, int n) {
+  const int64_t groups = a.in / a.group, per_group = a.group / 32;
+  const int64_t row_bytes = BITS == 8 ? a.in : a.in / 2;
+  const int64_t ahead = prefetch_distance(kLanes * row_bytes);
+  const int8_t* x = a.xq + m * a.in;
+  const int32_t* xc = a.xc + m * (a.in / 4);
+  const float* xd = a.xd + m * (a.in / 4);
+  const __mmask16 keep = static_cast<__mmask16>((1u << n) - 1);
+  const __m512i index =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int32_t>(groups)));
+  const float* scales = a.scales + o * groups;
+  __m512 acc = _mm512_setzero_ps(), t = _mm512_setzero_ps();
+  auto block = [&](int64_t b, __m512i dot) {
+    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(xd[b * 8]), t);
+    if ((b + 1) % per_group == 0) {
+      const __m512 scale =
+          _mm512_mask_i32gather_ps(_mm512_setzero_ps(), keep, index, scales + b / per_group, 4);
+      acc = _mm512_fmadd_ps(t, scale, acc);
+      t = _mm512_setzero_ps();
+    }
+  };
+  for (int64_t c = 0; c < a.in; c += 64) {
+    const bool part = c + 64 > a.in;
+    const __m512i xv = _mm512_maskz_loadu_epi8(part ? 0xffffffffull : ~0ull, x + c);
+    const __m512i cv = _mm512_maskz_loadu_epi32(part ? 0x00ff : 0xffff, xc + c / 4);
+    __m512i v[16];
+    for (int k = 0; k < kLanes; ++k) {
+      if (k >= n) {
+        v[k] = _mm512_setzero_si512();
+        continue;
+      }
+      const uint8_t* w = a.wq + (o + k) * row_bytes;
+      _mm_prefetch(reinterpret_cast<const char*>(w + c * BITS / 8 + ahead), _MM_HINT_T0);
+      v[k] = _mm512_dpbusd_epi32(cv, load_chunk<BITS>(a, w, c, part), xv);
+    }
+    __m512i first, second;
+    reduce_blocks(v, first, second);
+    block(c / 32, first);
+    if (!part) block(c / 32 + 1, second);
+  }
+  _mm512_mask_storeu_ps(a.y + m * a.out + o, keep, acc);
+}
+
+template <int MR>
+void panel_tail(const Q8Args& a, const __m512i* p, const float* s, int64_t m0, int64_t o, int n) {
+  if constexpr (MR > 0) {
+    if (a.rows - m0 == MR) return panel_rows<MR>(a, p, s, m0, o, n);
+    panel_tail<MR - 1>(a, p, s, m0, o, n);
+  }
 }
 
 template <int BITS>
 void outputs_512(const Q8Args& a, int64_t o0, int64_t o1) {
-  int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) rows_512<BITS, 4>(a, o);
-  for (; o < o1; ++o) rows_512<BITS, 1>(a, o);
+  // Per thread: the panel's words (in * 16 bytes, L1/L2-resident) and scales.
+  thread_local std::vector<float> buf;
+  const int64_t groups = a.in / a.group;
+  buf.resize(static_cast<size_t>(4 * a.in + kLanes * groups + 16));
+  float* base = buf.data() + (-reinterpret_cast<uintptr_t>(buf.data()) / 4 & 15);  // 64-aligned
+  __m512i* p = reinterpret_cast<__m512i*>(base);
+  float* s = base + 4 * a.in;
+  for (int64_t o = o0; o < o1; o += kLanes) {
+    const int n = static_cast<int>(std::min<int64_t>(kLanes, o1 - o));
+    if (a.rows == 1) {
+      single_row<BITS>(a, 0, o, n);
+      continue;
+    }
+    pack_panel<BITS>(a, o, n, p, s);
+    int64_t m = 0;
+    for (; m + kRows <= a.rows; m += kRows) panel_rows<kRows>(a, p, s, m, o, n);
+    if (m < a.rows) panel_tail<kRows - 1>(a, p, s, m, o, n);
+  }
 }
 
 }  // namespace

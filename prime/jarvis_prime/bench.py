@@ -190,20 +190,14 @@ def run_transformers(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
 
 
 def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
-    from llama_cpp import Llama, __version__
     from reactor_core.formats.pretrained import offline_gguf_path
+
+    from jarvis_prime import llama_cpp_peer
 
     row = Row("llama.cpp", "Q4_1")
     threads = os.cpu_count() or 1
     t = time.perf_counter()
-    llm = Llama(
-        model_path=offline_gguf_path("prime-135m-chat"),
-        n_ctx=2048,
-        n_batch=512,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
+    llm, note = llama_cpp_peer.load(offline_gguf_path("prime-135m-chat"), n_ctx=2048, threads=threads, n_batch=512)
     row.load_s = time.perf_counter() - t
 
     def measure():
@@ -220,7 +214,7 @@ def run_llama_cpp(decode_ids, prefill_ids, n: int, repeats: int) -> Row:
     start = time.perf_counter()
     next(iter(llm.generate(prefill_ids, temp=0.0)))
     row.prompt_tps = len(prefill_ids) / (time.perf_counter() - start)
-    row.note = f"llama-cpp-python {__version__}, threads={threads}"
+    row.note = note
     return row
 
 

@@ -55,6 +55,9 @@ class EngineConfig:
     # Prefill chunk sizes, one program each. A chunk costs about its rows plus a fixed share, so
     # a chat turn's 20-odd new tokens go as 16 + 4 and a long prompt as 64s (chunk_plan).
     chunks: tuple[int, ...] = (4, 16, 64)
+    # Keys/values as stored: None = float16 for a float32 model (half the bytes a long chat's
+    # decode reads, as llama.cpp keeps them), else the model's compute dtype.
+    kv_dtype: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.slots, int) or self.slots < 1:
@@ -64,6 +67,8 @@ class EngineConfig:
         if not self.chunks or any(c < 1 for c in self.chunks):
             raise ValueError(f"EngineConfig.chunks must be sizes >= 1, got {self.chunks}")
         object.__setattr__(self, "chunks", tuple(sorted(set(self.chunks))))
+        if self.kv_dtype not in (None, "float32", "float16", "bfloat16"):
+            raise ValueError(f"EngineConfig.kv_dtype must be float32, float16, bfloat16 or None, got {self.kv_dtype!r}")
 
     def batch_sizes(self) -> tuple[int, ...]:
         sizes, b = [], 1
@@ -139,7 +144,8 @@ class GenerationEngine:
         self.device = device  # programs trace under this default device, in every thread
         cfg = model.config
         window = context_length or cfg.max_position_embeddings
-        dtype = jnp.dtype(cfg.dtype)  # float32 on CPU (MLForge's kernel), bfloat16 on accelerators
+        compute = jnp.dtype(cfg.dtype)  # float32 on CPU, bfloat16 on accelerators
+        dtype = jnp.dtype(config.kv_dtype or ("float16" if compute == jnp.float32 else compute))
         self.capacity = min(config.capacity or _default_capacity(cfg, config.slots, dtype.itemsize), window)
         self.vocab = cfg.vocab_size
         self.graphdef, self.state = nnx.split(model)

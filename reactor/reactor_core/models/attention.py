@@ -182,7 +182,7 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, kvh, d)  # (B, T, KVH, D)
         k_cache = slot_cache.write(k_cache, k, slots, positions)
         v_cache = slot_cache.write(v_cache, v, slots, positions)
-        kernel = _cache_kernel() if k_cache.dtype == jnp.float32 else None
+        kernel = _cache_kernel() if k_cache.dtype in (jnp.float32, jnp.float16) else None
         if kernel is not None:
             out = kernel(q.astype(jnp.float32), k_cache, v_cache, slots, positions)  # (B, T, H, D)
         else:
