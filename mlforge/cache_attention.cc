@@ -340,6 +340,19 @@ MLFORGE_INLINE void widen_block(const uint16_t* src, int64_t stride, int64_t row
   }
 }
 
+// A block of keys or values as float32 rows: (pointer, row stride). float16 blocks are
+// widened into `wide`; float32 ones are read in place.
+template <int W, typename T>
+MLFORGE_INLINE std::pair<const float*, int64_t> as_float(const T* src, int64_t stride,
+                                                         int64_t rows, int64_t D, float* wide) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    widen_block<W>(src, stride, rows, D, wide);
+    return {wide, D};
+  } else {
+    return {src, stride};
+  }
+}
+
 template <int W, typename T>
 MLFORGE_INLINE void many_rows(const Dims& n, const Task<T>& a, std::vector<float>& buf) {
   using F = typename Lanes<W>::F;
@@ -368,14 +381,7 @@ MLFORGE_INLINE void many_rows(const Dims& n, const Task<T>& a, std::vector<float
   std::fill(l, l + rp, 0.0f);
   for (int64_t s0 = 0; s0 < a.keys; s0 += kKeyBlock) {
     const int64_t bk = std::min(kKeyBlock, a.keys - s0);
-    const float* k;
-    int64_t ks;
-    if constexpr (kHalf) {
-      widen_block<W>(a.k + s0 * n.kv_stride, n.kv_stride, bk, D, wide);
-      k = wide, ks = D;
-    } else {
-      k = a.k + s0 * n.kv_stride, ks = n.kv_stride;
-    }
+    const auto [k, ks] = as_float<W>(a.k + s0 * n.kv_stride, n.kv_stride, bk, D, wide);
     int64_t i = 0;
     for (; i + KS <= bk; i += KS) {
       int64_t c = 0;
@@ -413,14 +419,7 @@ MLFORGE_INLINE void many_rows(const Dims& n, const Task<T>& a, std::vector<float
         }
       }
     }
-    const float* v;
-    int64_t vs;
-    if constexpr (kHalf) {
-      widen_block<W>(a.v + s0 * n.kv_stride, n.kv_stride, bk, D, wide);
-      v = wide, vs = D;
-    } else {
-      v = a.v + s0 * n.kv_stride, vs = n.kv_stride;
-    }
+    const auto [v, vs] = as_float<W>(a.v + s0 * n.kv_stride, n.kv_stride, bk, D, wide);
     int64_t d = 0;
     for (; d + KD <= D; d += KD) {
       int64_t c = 0;

@@ -91,8 +91,8 @@ def save_answer(
 
 
 def warm_up(route: Route, sampling: Sampling) -> None:
-    """Compiles the model's first steps for a typical first turn (Prime compiles per prompt
-    and cache size bucket), so that the first real answer does not wait for it."""
+    """Loads the model (its engine compiles every program before it returns) and reads the
+    system prompt into a cache slot, so the first real turn prefills only the user's words."""
     system = system_prompt_for(None, route)
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {

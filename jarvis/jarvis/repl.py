@@ -167,7 +167,8 @@ class Session:
     # ---- answering ----
 
     def warm_up(self) -> None:
-        """Compiles the model in the background while the user types the first message."""
+        """Reads the system prompt into the model's cache in the background while the user
+        types the first message (the model's programs compiled when it loaded)."""
 
         def work():
             # Any problem shows on the first real answer, with its message.
