@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <exception>
+#include <stdexcept>
 #include <string>
 
 #include "mlforge/attention.h"
@@ -71,6 +72,45 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QMatmulQ8Handler, QMatmulImpl<Activations::kInt8>,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("bits")
+                                  .Attr<int64_t>("group_size"));
+
+// x (M, I) f32, panels u8 (P, I / 4, 16, 4), panel_scales f32 (P, I / group, 16) -> y (M, O)
+// f32: int8 weights in the panel layout (qmatmul.h), int8 activations.
+ffi::Error QMatmulPanelImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> panels,
+                            ffi::Buffer<ffi::F32> panel_scales, ffi::ResultBuffer<ffi::F32> y,
+                            int64_t group_size) {
+  auto xd = x.dimensions(), pd = panels.dimensions(), sd = panel_scales.dimensions(),
+       yd = y->dimensions();
+  if (xd.size() != 2 || pd.size() != 4 || sd.size() != 3 || yd.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "mlforge_qmatmul_panel: x and y must be 2-D, panels 4-D, panel_scales 3-D");
+  }
+  const QMatmulShape shape{xd[0], xd[1], yd[1], 8, group_size};
+  try {
+    check_qmatmul_shape(shape);
+    if (!qmatmul_panel_fits(shape)) throw std::invalid_argument("group_size must be a multiple of 32");
+  } catch (const std::exception& e) {
+    return ffi::Error::InvalidArgument(std::string("mlforge_qmatmul_panel: ") + e.what());
+  }
+  const int64_t n_panels = qmatmul_panel_count(shape.out);
+  if (pd[0] != n_panels || pd[1] != shape.in / 4 || pd[2] != kPanelOutputs || pd[3] != 4 ||
+      sd[0] != n_panels || sd[1] != shape.in / group_size || sd[2] != kPanelOutputs ||
+      yd[0] != shape.rows) {
+    return ffi::Error::InvalidArgument("mlforge_qmatmul_panel: shapes do not fit: x " +
+                                       dims_str(xd) + ", panels " + dims_str(pd) +
+                                       ", panel_scales " + dims_str(sd) + ", y " + dims_str(yd));
+  }
+  qmatmul_panel(shape, x.typed_data(), panels.typed_data(), panel_scales.typed_data(),
+                y->typed_data());
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QMatmulPanelHandler, QMatmulPanelImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("group_size"));
 
 // q (B, T, H, D), k/v (B, T, KVH, D), segment_ids (B, T) -> out (B, T, H, D), lse (B, H, T).
@@ -220,10 +260,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CacheAttentionHandler, CacheAttentionImpl,
 
 PYBIND11_MODULE(_mlforge_jax, m) {
   m.doc() = "MLForge XLA FFI handlers (private; use mlforge.jax_ops)";
+  m.def("panel_native", [] { return mlforge::qmatmul_panel_native(); },
+        "Whether the panel-layout kernel runs SIMD code on this CPU (AVX-512 VNNI)");
   m.def("handlers", [] {
     py::dict d;
     d["mlforge_qmatmul"] = py::capsule(reinterpret_cast<void*>(mlforge::QMatmulHandler));
     d["mlforge_qmatmul_q8"] = py::capsule(reinterpret_cast<void*>(mlforge::QMatmulQ8Handler));
+    d["mlforge_qmatmul_panel"] =
+        py::capsule(reinterpret_cast<void*>(mlforge::QMatmulPanelHandler));
     d["mlforge_attention"] = py::capsule(reinterpret_cast<void*>(mlforge::AttentionFwdHandler));
     d["mlforge_attention_bwd"] =
         py::capsule(reinterpret_cast<void*>(mlforge::AttentionBwdHandler));

@@ -108,6 +108,50 @@ void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float*
   internal::for_output_blocks(s, [&](int64_t o0, int64_t o1) { kernel(args, o0, o1); });
 }
 
+namespace {
+
+void check_panel_shape(const QMatmulShape& s) {
+  check_qmatmul_shape(s);
+  if (!qmatmul_panel_fits(s)) {
+    throw std::invalid_argument(
+        "the panel layout takes bits 8 with group_size a multiple of 32; got bits " +
+        std::to_string(s.bits) + ", group_size " + std::to_string(s.group));
+  }
+}
+
+}  // namespace
+
+int64_t qmatmul_panel_count(int64_t out) { return (out + kPanelOutputs - 1) / kPanelOutputs; }
+
+bool qmatmul_panel_fits(const QMatmulShape& s) { return s.bits == 8 && s.group % 32 == 0; }
+
+bool qmatmul_panel_native() { return avx512_vnni(); }
+
+void qmatmul_pack_panels(const QMatmulShape& s, const int8_t* wq, const float* scales,
+                         uint8_t* panels, float* panel_scales) {
+  check_panel_shape(s);
+  const int64_t groups = s.in / s.group;
+  for (int64_t p = 0; p < qmatmul_panel_count(s.out); ++p) {
+    for (int64_t k = 0; k < kPanelOutputs; ++k) {
+      const int64_t o = p * kPanelOutputs + k;
+      for (int64_t i = 0; i < s.in; ++i) {
+        const int8_t q = o < s.out ? wq[o * s.in + i] : 0;
+        panels[(p * (s.in / 4) + i / 4) * 64 + k * 4 + i % 4] = static_cast<uint8_t>(q ^ 0x80);
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        panel_scales[(p * groups + g) * kPanelOutputs + k] = o < s.out ? scales[o * groups + g] : 0;
+      }
+    }
+  }
+}
+
+void qmatmul_panel(const QMatmulShape& s, const float* x, const uint8_t* panels,
+                   const float* panel_scales, float* y) {
+  check_panel_shape(s);
+  if (s.rows == 0) return;
+  internal::qmatmul_q8_panel(s, x, panels, panel_scales, y);
+}
+
 void qmatmul_reference(const QMatmulShape& s, const float* x, const void* wq, const float* scales,
                        float* y) {
   check_qmatmul_shape(s);

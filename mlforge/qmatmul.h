@@ -53,6 +53,36 @@ const char* qmatmul_int8_kernel();
 void qmatmul(const QMatmulShape& s, const float* x, const void* wq, const float* scales, float* y,
              Activations act = Activations::kFloat);
 
+// Panel layout (int8 weights, Activations::kInt8, group % 32 == 0): the weights rearranged
+// once, when a model is quantized, so that a decode call streams them contiguously with
+// one output per SIMD lane: no per-call transpose, no horizontal sums (about 5x fewer
+// instructions per weight byte than the row layout's one-row kernel). Outputs go in
+// panels of kPanelOutputs, `out` padded up to whole panels with zero rows:
+//   panels u8 (P, in / 4, 16, 4): byte e of lane k of word j of panel p is
+//     q[16 p + k, 4 j + e] + 128 (q ^ 0x80, the unsigned operand of vpdpbusd);
+//   panel_scales f32 (P, in / group, 16): scales[16 p + k, g], 0 for padding rows.
+// qmatmul_panel gives exactly (bit for bit) what qmatmul(..., Activations::kInt8) gives on
+// the row layout where the CPU has AVX-512 VNNI; elsewhere it runs a portable loop.
+constexpr int64_t kPanelOutputs = 16;
+
+// Panels for `out` outputs: ceil(out / 16).
+int64_t qmatmul_panel_count(int64_t out);
+
+// Whether the panel layout takes the shape: bits 8 and group % 32 == 0.
+bool qmatmul_panel_fits(const QMatmulShape& s);
+
+// Whether qmatmul_panel runs a SIMD kernel on this CPU (AVX-512 VNNI), not the portable loop.
+bool qmatmul_panel_native();
+
+// Row layout (wq int8 (out, in), scales (out, in / group)) -> panel layout.
+void qmatmul_pack_panels(const QMatmulShape& s, const int8_t* wq, const float* scales,
+                         uint8_t* panels, float* panel_scales);
+
+// x (rows, in) float32 -> y (rows, out), int8 activations as Activations::kInt8.
+// Throws std::invalid_argument when the shape does not fit the panel layout.
+void qmatmul_panel(const QMatmulShape& s, const float* x, const uint8_t* panels,
+                   const float* panel_scales, float* y);
+
 // Single-threaded scalar definition of the kFloat result, for tests.
 void qmatmul_reference(const QMatmulShape& s, const float* x, const void* wq, const float* scales,
                        float* y);

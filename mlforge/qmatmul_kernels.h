@@ -88,6 +88,15 @@ void q8_outputs_avx2(const Q8Args& a, int64_t o0, int64_t o1);      // maddubs
 void q8_outputs_avx_vnni(const Q8Args& a, int64_t o0, int64_t o1);  // VEX vpdpbusd
 void q8_outputs_avx512_vnni(const Q8Args& a, int64_t o0, int64_t o1);
 
+// Panel layout (qmatmul.h): y[:, 16 p0 : 16 p1] (clipped to out) for all rows, from
+// prepared Q8Args whose wq / scales are the panels / panel_scales.
+void q8_panels_scalar(const Q8Args& a, int64_t p0, int64_t p1);
+void q8_panels_avx512_vnni(const Q8Args& a, int64_t p0, int64_t p1);
+
+// Quantizes x and runs the panel kernel (s must fit qmatmul_panel_fits).
+void qmatmul_q8_panel(const QMatmulShape& s, const float* x, const uint8_t* panels,
+                      const float* panel_scales, float* y);
+
 }  // namespace internal
 }  // namespace mlforge
 

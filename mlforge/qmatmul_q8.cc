@@ -1,11 +1,13 @@
 // Activations::kInt8 of qmatmul: quantizes x to int8 blocks of 32 (as llama.cpp's Q8_0),
 // picks the integer-dot kernel for this CPU and threads it over outputs. The portable
 // kernel is here; the x86 ones are in qmatmul_q8_x86.cc.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "mlforge/cpu_features.h"
+#include "mlforge/parallel.h"
 #include "mlforge/qmatmul.h"
 #include "mlforge/qmatmul_kernels.h"
 
@@ -120,11 +122,13 @@ void q8_outputs_scalar(const Q8Args& a, int64_t o0, int64_t o1) {
   }
 }
 
-void qmatmul_q8(const QMatmulShape& s, const float* x, const void* wq, const float* scales,
-                float* y) {
-  // Per row: in bytes of xq, in / 4 floats of xd, in / 4 int32 of xc and in / 32 of xs,
-  // once per call for all rows. Reused per thread: decode calls this hundreds of times
-  // per token.
+namespace {
+
+// Quantizes every row of x into this thread's buffer (in bytes of xq, in / 4 floats of xd,
+// in / 4 int32 of xc and in / 32 of xs per row). Reused: decode calls this hundreds of
+// times per token. The returned args point into it until the thread's next call.
+Q8Args quantize_rows(const QMatmulShape& s, const float* x, const uint8_t* wq, const float* scales,
+                     float* y) {
   thread_local std::vector<int32_t> buf;
   const int64_t lanes = s.rows * (s.in / 4), blocks = s.rows * (s.in / kBlock);
   buf.resize(static_cast<size_t>(3 * lanes + blocks));
@@ -136,10 +140,56 @@ void qmatmul_q8(const QMatmulShape& s, const float* x, const void* wq, const flo
     quantize_row(s, x + m * s.in, xq + m * s.in, xd + m * (s.in / 4), xc + m * (s.in / 4),
                  xs + m * (s.in / kBlock));
   }
-  const Q8Args args{xq,   xd,    xc,    xs,      static_cast<const uint8_t*>(wq), scales, y,
-                    s.rows, s.in, s.out, s.group, s.bits};
+  return Q8Args{xq, xd, xc, xs, wq, scales, y, s.rows, s.in, s.out, s.group, s.bits};
+}
+
+}  // namespace
+
+void qmatmul_q8(const QMatmulShape& s, const float* x, const void* wq, const float* scales,
+                float* y) {
+  const Q8Args args = quantize_rows(s, x, static_cast<const uint8_t*>(wq), scales, y);
   const Q8Kernel kernel = choose_q8().kernel;
   for_output_blocks(s, [&](int64_t o0, int64_t o1) { kernel(args, o0, o1); });
+}
+
+// The portable panel kernel: the same integer block dots and the same fused float steps
+// (std::fma) as the AVX-512 one, so the two agree bit for bit.
+void q8_panels_scalar(const Q8Args& a, int64_t p0, int64_t p1) {
+  const int64_t groups = a.in / a.group, per_group = a.group / kBlock;
+  for (int64_t p = p0; p < p1; ++p) {
+    const uint8_t* w = a.wq + p * kPanelOutputs * a.in;
+    const float* ps = a.scales + p * groups * kPanelOutputs;
+    for (int64_t k = 0; k < kPanelOutputs && p * kPanelOutputs + k < a.out; ++k) {
+      for (int64_t m = 0; m < a.rows; ++m) {
+        const int8_t* xq = a.xq + m * a.in;
+        const float* xd = a.xd + m * (a.in / 4);
+        float acc = 0, t = 0;
+        for (int64_t b = 0; b < a.in / kBlock; ++b) {
+          int32_t dot = 0;
+          for (int64_t i = b * kBlock; i < (b + 1) * kBlock; ++i) {
+            const int32_t q = static_cast<int32_t>(w[(i / 4) * 64 + k * 4 + i % 4]) - 128;
+            dot += xq[i] * q;
+          }
+          t = std::fma(static_cast<float>(dot), xd[b * 8], t);
+          if ((b + 1) % per_group == 0) {
+            acc = std::fma(t, ps[(b / per_group) * kPanelOutputs + k], acc);
+            t = 0;
+          }
+        }
+        a.y[m * a.out + p * kPanelOutputs + k] = acc;
+      }
+    }
+  }
+}
+
+void qmatmul_q8_panel(const QMatmulShape& s, const float* x, const uint8_t* panels,
+                      const float* panel_scales, float* y) {
+  const Q8Args args = quantize_rows(s, x, panels, panel_scales, y);
+  const auto kernel = avx512_vnni() ? q8_panels_avx512_vnni : q8_panels_scalar;
+  // Threads take whole panels, at least ~48 KB of weights each (see for_output_blocks).
+  const int64_t grain = std::max<int64_t>(1, (48 << 10) / (kPanelOutputs * s.in));
+  parallel_for(qmatmul_panel_count(s.out), grain,
+               [&](int64_t p0, int64_t p1) { kernel(args, p0, p1); });
 }
 
 }  // namespace internal

@@ -280,6 +280,54 @@ void outputs_512(const Q8Args& a, int64_t o0, int64_t o1) {
   }
 }
 
+// Panel layout (qmatmul.h), one row: the panel's words stream in order, each feeding one
+// vpdpbusd with 4 activation bytes broadcast. Two dot chains per block hide the
+// instruction's latency; their int32 sum is the block dot single_row computes, and the
+// float steps are the same, so results match the row layout bit for bit.
+void panel_one_row(const Q8Args& a, const __m512i* p, const float* s, int64_t o, int n) {
+  const int64_t per_group = a.group / 32, blocks = a.in / 32;
+  constexpr int64_t kAheadWords = (6 << 10) / 64;
+  __m512 acc = _mm512_setzero_ps(), t = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m512i* w = p + b * 8;
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAheadWords), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + kAheadWords + 4), _MM_HINT_T0);
+    const int8_t* x = a.xq + b * 32;
+    __m512i d0 = _mm512_set1_epi32(a.xs[b]), d1 = _mm512_setzero_si512();
+    for (int k = 0; k < 8; k += 2) {
+      d0 = _mm512_dpbusd_epi32(d0, _mm512_loadu_si512(w + k), broadcast4(x + 4 * k));
+      d1 = _mm512_dpbusd_epi32(d1, _mm512_loadu_si512(w + k + 1), broadcast4(x + 4 * k + 4));
+    }
+    const __m512i dot = _mm512_add_epi32(d0, d1);
+    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(a.xd[b * 8]), t);
+    if ((b + 1) % per_group == 0) {
+      acc = _mm512_fmadd_ps(t, _mm512_loadu_ps(s + (b / per_group) * kLanes), acc);
+      t = _mm512_setzero_ps();
+    }
+  }
+  _mm512_mask_storeu_ps(a.y + o, static_cast<__mmask16>((1u << n) - 1), acc);
+}
+
+// Panels p0..p1: a.wq / a.scales are the panels / panel_scales. Several rows (prefill
+// chunks) run panel_rows on the panel in place: the row layout's per-call pack is gone.
+void panels_512(const Q8Args& a, int64_t p0, int64_t p1) {
+  const int64_t words = a.in / 4, groups = a.in / a.group;
+  const __m512i* base = reinterpret_cast<const __m512i*>(a.wq);
+  for (int64_t panel = p0; panel < p1; ++panel) {
+    const __m512i* p = base + panel * words;
+    const float* s = a.scales + panel * groups * kLanes;
+    const int64_t o = panel * kLanes;
+    const int n = static_cast<int>(std::min<int64_t>(kLanes, a.out - o));
+    if (a.rows == 1) {
+      panel_one_row(a, p, s, o, n);
+      continue;
+    }
+    int64_t m = 0;
+    for (; m + kRows <= a.rows; m += kRows) panel_rows<kRows>(a, p, s, m, o, n);
+    if (m < a.rows) panel_tail<kRows - 1>(a, p, s, m, o, n);
+  }
+}
+
 }  // namespace
 }  // namespace avx512_vnni
 #pragma GCC pop_options
@@ -348,6 +396,10 @@ void q8_outputs_avx512_vnni(const Q8Args& a, int64_t o0, int64_t o1) {
   }
 }
 
+void q8_panels_avx512_vnni(const Q8Args& a, int64_t p0, int64_t p1) {
+  avx512_vnni::panels_512(a, p0, p1);
+}
+
 #else  // not x86: the cpu_features checks never pick these; they only satisfy the linker.
 
 void q8_quantize_block_avx2(const float* x, int32_t offset, int8_t* xq, float* xd, int32_t* xc) {
@@ -360,6 +412,7 @@ void q8_outputs_avx_vnni(const Q8Args& a, int64_t o0, int64_t o1) {
 void q8_outputs_avx512_vnni(const Q8Args& a, int64_t o0, int64_t o1) {
   q8_outputs_scalar(a, o0, o1);
 }
+void q8_panels_avx512_vnni(const Q8Args& a, int64_t p0, int64_t p1) { q8_panels_scalar(a, p0, p1); }
 
 #endif
 

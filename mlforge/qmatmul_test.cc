@@ -284,6 +284,69 @@ TEST(QMatmul, Int8IsSignedWithPerGroupScales) {
   EXPECT_FLOAT_EQ(y, 0.25f * (-128 + 127) + 2.0f * (3 * 2 + -1 * 5));
 }
 
+// Row layout -> panels, then qmatmul_panel.
+std::vector<float> run_panel(const Case& c) {
+  const QMatmulShape& s = c.shape;
+  const int64_t panels = qmatmul_panel_count(s.out);
+  std::vector<uint8_t> packed(static_cast<size_t>(panels * kPanelOutputs * s.in));
+  std::vector<float> packed_scales(static_cast<size_t>(panels * kPanelOutputs * (s.in / s.group)));
+  qmatmul_pack_panels(s, reinterpret_cast<const int8_t*>(c.wq.data()), c.scales.data(),
+                      packed.data(), packed_scales.data());
+  std::vector<float> y(static_cast<size_t>(s.rows * s.out), NAN);
+  qmatmul_panel(s, c.x.data(), packed.data(), packed_scales.data(), y.data());
+  return y;
+}
+
+TEST(QMatmulPanel, EqualsTheRowLayoutBitForBitAndTheDefinition) {
+  // Per channel and per group; outputs in whole panels, one, and ragged tails.
+  const std::pair<int64_t, int64_t> params[] = {{64, 64}, {576, 576}, {576, 32}, {576, 96}, {1536, 1536}};
+  for (const auto& [in, group] : params) {
+    for (int64_t rows : {1, 2, 5, 8, 13, 64}) {
+      for (int64_t out : {1, 16, 37, 50}) {
+        Case c = random_case(rows, in, out, 8, group, 41 + static_cast<uint32_t>(rows + out));
+        SCOPED_TRACE(::testing::Message() << "in=" << in << " group=" << group << " rows=" << rows
+                                          << " out=" << out);
+        ASSERT_TRUE(qmatmul_panel_fits(c.shape));
+        const std::vector<float> panel = run_panel(c);
+        const Int8Reference want = int8_reference(c);
+        for (size_t i = 0; i < panel.size(); ++i) {
+          ASSERT_NEAR(panel[i], want.y[i], 1e-5 * want.magnitude[i] + 1e-30) << "at " << i;
+        }
+        set_vnni(false);  // the portable panel loop
+        const std::vector<float> portable = run_panel(c);
+        set_vnni(true);
+        ASSERT_EQ(portable, panel) << "portable and SIMD panel kernels differ";
+        if (qmatmul_panel_native() && std::string(qmatmul_int8_kernel()) == "avx512_vnni") {
+          ASSERT_EQ(panel, run_int8(c)) << "panel and row layouts differ";
+        }
+      }
+    }
+  }
+}
+
+TEST(QMatmulPanel, LayoutIsFourInputsOfSixteenOutputsPerWord) {
+  Case c = random_case(1, 64, 20, 8, 32, 3);
+  std::vector<uint8_t> packed(2 * 16 * 64);
+  std::vector<float> scales(2 * 2 * 16, -1.0f);
+  qmatmul_pack_panels(c.shape, reinterpret_cast<const int8_t*>(c.wq.data()), c.scales.data(),
+                      packed.data(), scales.data());
+  const auto q = [&](int64_t o, int64_t i) { return static_cast<int8_t>(c.wq[o * 64 + i]); };
+  EXPECT_EQ(packed[0], static_cast<uint8_t>(q(0, 0) + 128));
+  EXPECT_EQ(packed[3 * 4 + 2], static_cast<uint8_t>(q(3, 2) + 128));     // word 0, lane 3, byte 2
+  EXPECT_EQ(packed[5 * 64 + 7 * 4 + 1], static_cast<uint8_t>(q(7, 21) + 128));  // word 5
+  EXPECT_EQ(packed[16 * 64 + 2 * 64 + 3 * 4], static_cast<uint8_t>(q(19, 8) + 128));  // panel 1
+  EXPECT_EQ(packed[16 * 64 + 4 * 4], 128);  // output 20: padding, q = 0
+  EXPECT_EQ(scales[1 * 16 + 2], c.scales[2 * 2 + 1]);  // panel 0, group 1, lane 2
+  EXPECT_EQ(scales[(2 + 1) * 16 + 4], 0.0f);            // padding output's scale
+}
+
+TEST(QMatmulPanel, RejectsShapesItDoesNotTake) {
+  Case c = random_case(1, 64, 4, 4, 32, 1);
+  EXPECT_THROW(run_panel(c), std::invalid_argument);
+  Case odd = random_case(1, 48, 4, 8, 16, 1);
+  EXPECT_FALSE(qmatmul_panel_fits(odd.shape));
+}
+
 TEST(QMatmul, RejectsBadShapes) {
   float x = 0, y = 0, s = 1;
   uint8_t w = 0;

@@ -9,6 +9,10 @@ copy of the table, `model.quantized_head`: decode reads the head's weights every
 in float it was half of all the bytes a quantized decode step moved. int8 even in 4-bit
 mode, as llama.cpp keeps its output matrix at 8 bits: the head is the most sensitive layer.
 
+On CPUs with AVX-512 VNNI, int8 weights are stored in MLForge's panel layout (16 outputs
+interleaved per 64-byte word, rearranged once here), which its decode kernel streams with
+one output per SIMD lane; results are bit for bit those of the row layout.
+
 Decode and short prompts (up to KERNEL_MAX_ROWS rows) run MLForge's CPU kernel through
 the XLA FFI, which streams the integer weights once per call, with activations quantized
 to int8 blocks of 32 and integer dot products (llama.cpp's Q8_0 scheme; definition in
@@ -39,6 +43,13 @@ KERNEL_MAX_ROWS = 128
 # Quantizing at load: one compiled program per weight shape (a Llama has four or five)
 # instead of eager op-by-op dispatch; about 3x faster for SmolLM2-135M.
 _quantize_weight = jax.jit(jax_ops.quantize_weight, static_argnames=("bits", "group_size"))
+_pack_panels = jax.jit(jax_ops.pack_panels)
+
+
+def uses_panels(bits: int, group: int) -> bool:
+    """Whether int8 weights are kept in MLForge's panel layout: on CPUs with AVX-512 VNNI,
+    where its decode kernel reads them several times faster than the row layout."""
+    return bits == 8 and group % 32 == 0 and jax_ops.panel_native()
 
 
 class QuantizedWeight(nnx.Variable):
@@ -58,19 +69,31 @@ class QuantizedLinear(nnx.Module):
         self.bits, self.group, self.dtype = bits, group, dtype
         self.in_features, self.out_features = n_in, n_out
         wq, scales = _quantize_weight(kernel, bits=bits, group_size=group)
-        self.qweight = QuantizedWeight(wq)  # (O, I) int8 or (O, I/2) uint8
-        self.scales = QuantizedWeight(scales)  # (O, I/group) float32
+        self.panels = uses_panels(bits, group)
+        if self.panels:  # (P, I/4, 16, 4) uint8 and (P, I/group, 16) float32
+            wq, scales = _pack_panels(wq, scales)
+        self.qweight = QuantizedWeight(wq)  # else (O, I) int8 or (O, I/2) uint8
+        self.scales = QuantizedWeight(scales)  # else (O, I/group) float32
+
+    def row_layout(self) -> tuple[jax.Array, jax.Array]:
+        """(wq, scales) in the row layout, whichever layout is stored."""
+        if self.panels:
+            return jax_ops.unpack_panels(self.qweight[...], self.scales[...], self.out_features)
+        return self.qweight[...], self.scales[...]
 
     def _dequantized_oi(self) -> jax.Array:
-        return jax_ops.dequantize_weight(
-            self.qweight[...], self.scales[...], bits=self.bits, group_size=self.group, dtype=self.dtype
-        )  # (O, I)
+        wq, scales = self.row_layout()
+        return jax_ops.dequantize_weight(wq, scales, bits=self.bits, group_size=self.group, dtype=self.dtype)  # (O, I)
 
     def dequantized(self) -> jax.Array:
         return self._dequantized_oi().T  # (I, O)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
+        if math.prod(x.shape[:-1]) <= KERNEL_MAX_ROWS and self.panels:
+            return jax_ops.qmatmul_panel(
+                x, self.qweight[...], self.scales[...], out_features=self.out_features, group_size=self.group
+            )
         if math.prod(x.shape[:-1]) <= KERNEL_MAX_ROWS:
             return jax_ops.qmatmul(
                 x, self.qweight[...], self.scales[...], bits=self.bits, group_size=self.group, activations="int8"

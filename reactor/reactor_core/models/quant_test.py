@@ -50,7 +50,9 @@ def test_tied_head_gets_an_int8_copy_that_makes_the_logits(bits):
     config, tokens, reference, model = _float_and_quantized("tiny-tied", bits, (2, 12))
     head = model.quantized_head
     assert head.bits == 8 and (head.in_features, head.out_features) == (config.hidden_size, config.vocab_size)
-    assert head.qweight[...].dtype == jnp.int8
+    wq, _ = head.row_layout()
+    assert wq.dtype == jnp.int8 and wq.shape == (config.vocab_size, config.hidden_size)
+    assert head.panels == quant.uses_panels(8, config.hidden_size)
     # The lookup keeps the float table; the head's copy is within int8 rounding of it.
     table = np.asarray(model.model.embed_tokens.embedding[...])
     np.testing.assert_allclose(np.asarray(head.dequantized()).T, table, atol=np.abs(table).max() / 127)
@@ -97,13 +99,17 @@ def test_decode_runs_the_kernel_and_matches_the_dequantized_path(bits, monkeypat
     model = quantize_model(Llama(config, rngs=nnx.Rngs(0)), bits=bits, group_size=32)
     tokens = jnp.asarray(ref.random_tokens(256, (1, 6)))
     rows = []
-    real = jax_ops.qmatmul
 
-    def counting(x, *args, **kwargs):
-        rows.append(math.prod(x.shape[:-1]))
-        return real(x, *args, **kwargs)
+    def counting(real):
+        def kernel(x, *args, **kwargs):
+            rows.append(math.prod(x.shape[:-1]))
+            return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(jax_ops, "qmatmul", counting)
+        return kernel
+
+    # Row-layout kernel, or the panel layout's where int8 weights use it (AVX-512 VNNI).
+    monkeypatch.setattr(jax_ops, "qmatmul", counting(jax_ops.qmatmul))
+    monkeypatch.setattr(jax_ops, "qmatmul_panel", counting(jax_ops.qmatmul_panel))
     logits_kernel = nnx.jit(lambda m, t: m(t))(model, tokens)  # 6 rows: every linear on the kernel
     fast = Generator(model).generate([[5, 6, 7], [9, 10]], max_new_tokens=5)
     assert rows and max(rows) <= quant.KERNEL_MAX_ROWS
@@ -119,6 +125,23 @@ def test_decode_runs_the_kernel_and_matches_the_dequantized_path(bits, monkeypat
     # move by ~1% of their range (measured 1.0%), and greedy decoding still agrees.
     np.testing.assert_allclose(np.asarray(logits_kernel), np.asarray(logits_xla), rtol=0, atol=0.03 * scale)
     assert fast.tokens == slow.tokens
+
+
+@pytest.mark.parametrize("lead", [(1,), (16,), (3, 100)])
+def test_panel_layout_equals_the_row_layout(lead, monkeypatch):
+    kernel = jnp.asarray(np.random.RandomState(0).randn(576, 200).astype(np.float32))
+    x = jnp.asarray(np.random.RandomState(1).randn(*lead, 576).astype(np.float32))
+    monkeypatch.setattr(quant, "uses_panels", lambda bits, group: True)
+    panels = QuantizedLinear(kernel, bits=8, group_size=None, dtype=jnp.float32)
+    monkeypatch.setattr(quant, "uses_panels", lambda bits, group: False)
+    rows = QuantizedLinear(kernel, bits=8, group_size=None, dtype=jnp.float32)
+    assert panels.panels and not rows.panels and panels.qweight[...].shape == (13, 144, 16, 4)
+    np.testing.assert_array_equal(panels.row_layout()[0], rows.qweight[...])
+    y_panels, y_rows = (np.asarray(nnx.jit(lambda m, x: m(x))(m, x)) for m in (panels, rows))
+    if jax_ops.panel_native():  # else the panel kernel is a portable loop with other roundings
+        np.testing.assert_array_equal(y_panels, y_rows)
+    else:
+        np.testing.assert_allclose(y_panels, y_rows, rtol=1e-5, atol=1e-5 * np.abs(y_rows).max())
 
 
 def test_bfloat16_layer_uses_the_kernel_in_float32():
