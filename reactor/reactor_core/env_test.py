@@ -96,6 +96,10 @@ def test_profiles_table():
     assert not cuda.auto_resume  # a workstation: resuming is the user's call
     cpu = env_lib.profile(_env_of("cpu", 24))
     assert cpu.training_allowed and cpu.sharding == "dp"
+    # Steps of seconds on a CPU box: 1,024 tokens (8 GB: 512), not the 8 x 1,024 of a GPU run.
+    assert (cpu.micro_batch_size, cpu.max_seq_len) == (2, 512)
+    small = env_lib.profile(_env_of("cpu", 8))
+    assert (small.micro_batch_size, small.max_seq_len) == (1, 512)
 
 
 def test_cli_prints_table_and_json(off_gcp, capsys):

@@ -60,6 +60,7 @@ def test_gcp_vm_profile_turns_on_checkpoints_and_resume(cli, monkeypatch, vm, ev
         monkeypatch.setenv("GCE_METADATA_HOST", server.host)
         config, out = cli()
     assert (config.checkpoint.every_n_steps, config.checkpoint.resume) == (every, True)
+    assert (config.data.batch_size, config.data.seq_len) == (8, 1024)  # GCP keeps the dataclass sizes
     name = "gcp-cpu-spot" if vm is SPOT_VM else "gcp-cpu"
     assert (
         f"defaults from the {name} profile (flags left unset): --checkpoint_every={every} --checkpoint_resume=true"
@@ -72,6 +73,16 @@ def test_plain_cpu_profile_does_not_auto_resume(cli, monkeypatch):
     config, out = cli()
     assert (config.checkpoint.every_n_steps, config.checkpoint.resume) == (200, False)
     assert "defaults from the cpu profile (flags left unset): --checkpoint_every=200 --checkpoint_resume=false" in out
+
+
+def test_plain_cpu_profile_defaults_a_step_of_seconds(cli, monkeypatch):
+    # 8 x 1,024 tokens cost ~a minute a step on 2 cores; the profile's 2 x 512 cost seconds.
+    monkeypatch.setattr(env_lib, "detect", lambda: CPU)
+    config, out = cli()
+    assert (config.data.batch_size, config.data.seq_len) == (2, 512)
+    assert "--batch_size=2 --seq_len=512" in out
+    config, out = cli("--batch_size=8")
+    assert (config.data.batch_size, config.data.seq_len) == (8, 512) and "--batch_size" not in out
 
 
 def test_flags_and_config_file_win_over_the_profile(cli, monkeypatch, tmp_path):

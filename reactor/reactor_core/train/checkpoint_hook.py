@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = (
     "run.num_epochs",
     "run.progress",
     "run.log_every",
+    "run.steps_in_flight",
     "run.eval_every",
     "run.eval_batches",
     "run.plot",

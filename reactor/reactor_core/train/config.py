@@ -185,6 +185,10 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs/reactor"
     log_every: int = 10
+    # Steps dispatched and not yet finished (1 or 2): a preemption notice waits for at most this
+    # many steps before its save. 2 also hides the host's batch preparation behind the device,
+    # worth it only where a step is short next to the notice (fast accelerators).
+    steps_in_flight: int = 1
     eval_every: int = 0
     eval_batches: int = 0  # 0: the whole eval split
     progress: bool = True
@@ -197,6 +201,8 @@ class RunConfig:
         _check_min("run", "num_epochs", self.num_epochs, 1)
         for name in ("max_steps", "seed", "log_every", "eval_every", "eval_batches"):
             _check_min("run", name, getattr(self, name), 0)
+        if isinstance(self.steps_in_flight, bool) or self.steps_in_flight not in (1, 2):
+            _fail("run", "steps_in_flight", f"must be 1 or 2, got {self.steps_in_flight!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             _fail("run", "output_dir", f"must be a directory path, got {self.output_dir!r}")
         for name in ("progress", "plot", "export_merged", "force"):
@@ -302,6 +308,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "seed": ("run", "seed"),
     "output_dir": ("run", "output_dir"),
     "log_every": ("run", "log_every"),
+    "steps_in_flight": ("run", "steps_in_flight"),
     "eval_every": ("run", "eval_every"),
     "eval_batches": ("run", "eval_batches"),
     "progress": ("run", "progress"),

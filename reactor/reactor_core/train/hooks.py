@@ -4,10 +4,17 @@ The loop only steps and calls hooks:
 
     for hook in hooks: hook.start(run)
     while run.step < run.total_steps:
-        run.state, metrics = train_step(...); run.step += 1
+        run.state, metrics = train_step(...); run.step += 1     # dispatched, not yet computed
         for hook in hooks:
             if hook.due(run): hook.after_step(run)
+        wait for the oldest step in flight -> every hook.on_step_finished(run, step)
     for hook in hooks: hook.end(run)
+
+`after_step` runs when step N is dispatched (its outputs are still being computed;
+run.state is step N's state, and a hook that reads it waits for it). `on_step_finished`
+runs once step N's outputs are ready, in step order: what a progress display counts. At
+most config.run.steps_in_flight steps are dispatched and unfinished at any time, so a
+preemption notice is answered within about that many step times plus the save.
 
 A hook with every_n_steps = N runs after steps N, 2N, ... and after the last step;
 every_n_steps = 0 runs after the last step only. Host-side numbers a hook produces go
@@ -39,6 +46,9 @@ class Hook:
 
     def after_step(self, run: Run) -> None:
         pass
+
+    def on_step_finished(self, run: Run, step: int) -> None:
+        """Step `step` has finished computing (run.pace has its timing); called in step order."""
 
     def on_metrics(self, run: Run, step: int, metrics: dict[str, float]) -> None:
         pass
@@ -87,8 +97,7 @@ class Run:
     pending: list = dataclasses.field(default_factory=list)  # device metrics since the last log
     history: list = dataclasses.field(default_factory=list)  # every emitted record
     started: float = dataclasses.field(default_factory=time.perf_counter)
-    warm_at: float | None = None  # when the first (compiling) step had finished
-    warm_tokens: int = 0  # tokens_seen at warm_at
+    pace: Any = None  # pace.Pace: finished steps and their measured times (set by the trainer)
     paused_s: float = 0.0  # time hooks spent off the training path (eval, checkpoints)
     outputs: dict = dataclasses.field(default_factory=dict)  # name -> path, filled by hooks and the trainer
 

@@ -11,31 +11,24 @@ import jax
 import numpy as np
 
 from reactor_core.train.hooks import Hook, Run
+from reactor_core.train.pace import format_duration
 
 
 class TrainMetrics(Hook):
-    """Every N steps: fetches the steps' device metrics once and emits their means as train/*."""
+    """Every N steps: fetches the steps' metrics once and emits their means as train/*.
+
+    The pace figures (train/step_s, train/tokens_per_sec, train/eta_s, train/first_step_s:
+    the first step of this process, compile included) are run.pace's, the progress bar's own.
+    """
 
     def __init__(self, every_n_steps: int):
         self.every_n_steps = every_n_steps
-        self._last_time = None
-        self._last_tokens = 0
-        self._last_paused = 0.0
-
-    def start(self, run: Run) -> None:
-        self._last_time = time.perf_counter()
-        self._last_tokens = run.tokens_seen
-        self._last_paused = run.paused_s
 
     def after_step(self, run: Run) -> None:
         if not run.pending:
             return
         host = jax.device_get(run.pending)  # one transfer for all steps since the last log
         run.pending.clear()
-        now = time.perf_counter()
-        if run.warm_at is not None and run.warm_at > self._last_time:
-            # Leave compilation out of the rate: count from the end of the first step.
-            self._last_time, self._last_tokens, self._last_paused = run.warm_at, run.warm_tokens, run.paused_s
         out = {}
         for key in host[0]:
             if key == "weight":
@@ -43,11 +36,10 @@ class TrainMetrics(Hook):
             out[f"train/{key}"] = float(np.mean([m[key] for m in host]))
         if "train/loss" in out and run.config.run.mode == "sft":
             out["train/perplexity"] = math.exp(min(out["train/loss"], 50.0))
-        tokens = run.tokens_seen - self._last_tokens
         out["train/tokens"] = float(run.tokens_seen)
-        elapsed = now - self._last_time - (run.paused_s - self._last_paused)
-        out["train/tokens_per_sec"] = tokens / max(elapsed, 1e-9)
-        self._last_time, self._last_tokens, self._last_paused = now, run.tokens_seen, run.paused_s
+        out.update(run.pace.figures())
+        if "train/tokens_per_sec" not in out:  # no step measured yet: the rate so far, compile included
+            out["train/tokens_per_sec"] = run.pace.rate_so_far(time.perf_counter(), run.tokens_seen, run.paused_s)
         run.emit(run.step, out)
 
     def on_preempt(self, run: Run) -> None:
@@ -136,30 +128,55 @@ class TensorBoardWriter(Hook):
 
 
 class ProgressBar(Hook):
-    """A tqdm bar: step, loss, tokens/s and ETA. Updating it never waits for the device."""
+    """A tqdm bar of finished steps: first-step compile, s/step, tokens/s, ETA, loss.
 
-    every_n_steps = 1
+    It moves in on_step_finished (the step's outputs are ready), never at dispatch, so its
+    count is the truth. Rates and ETA are run.pace's (measured step times, compile and
+    checkpoint/eval pauses left out); tqdm's own rate and ETA are not shown.
+    """
+
+    every_n_steps = 0
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
+        self.count = 0  # the finished steps shown
         self._bar = None
-        self._postfix = {}
+        self._postfix: dict[str, str] = {}
 
     def start(self, run: Run) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=run.total_steps, initial=run.step, desc="train", unit="step", disable=not self.enabled)
+        self.count = run.step
+        self._bar = tqdm(
+            total=run.total_steps,
+            initial=run.step,
+            desc=f"train (step {run.step + 1}: compiling)",
+            unit="step",
+            bar_format=self.BAR_FORMAT,
+            disable=not self.enabled,
+        )
 
-    def after_step(self, run: Run) -> None:
-        self._bar.update(run.step - self._bar.n)
+    def on_step_finished(self, run: Run, step: int) -> None:
+        pace = run.pace
+        self.count = step
+        if pace.measured == 0:  # the first step of this process: compile + one step
+            self._postfix["first step"] = f"{pace.first_step_s:.1f}s"
+        else:
+            self._postfix["s/step"] = f"{pace.step_s:.3g}"
+            self._postfix["tok/s"] = f"{pace.tokens_per_s:.4g}"
+            self._postfix["ETA"] = format_duration(pace.eta_s)
+        self._bar.set_description_str("train", refresh=False)
+        self._bar.set_postfix(self._postfix, refresh=False)
+        self._bar.update(step - self._bar.n)
 
     def on_metrics(self, run: Run, step: int, metrics: dict[str, float]) -> None:
-        for key, short in (("train/loss", "loss"), ("train/tokens_per_sec", "tok/s"), ("eval/loss", "eval")):
+        for key, short in (("train/loss", "loss"), ("eval/loss", "eval")):
             if key in metrics:
                 self._postfix[short] = f"{metrics[key]:.4g}"
-        self._bar.set_postfix(self._postfix, refresh=False)
 
     def end(self, run: Run) -> None:
+        self._bar.refresh()
         self._bar.close()
 
 

@@ -14,11 +14,17 @@ complete checkpoint in checkpoint.dir (default <output_dir>/checkpoints; local o
 and continues bit for bit (params, optimizer state, step, RNG, data position, tokens seen).
 SIGTERM or a GCE metadata preemption notice stops the loop after the current step: a
 synchronous checkpoint, the hooks' end (metrics flushed), then `Preempted` is raised
-(`//reactor:train` exits with 143); running again resumes.
+(`//reactor:train` exits with 143); running again resumes. At most run.steps_in_flight (1 or
+2) steps are ever dispatched ahead of the device, so the notice waits for at most that many
+steps before the save; the progress bar and the pace figures count finished steps only.
+
+The train and eval steps go through JAX's persistent compilation cache (compile_cache.py):
+a resumed run with the same config starts its first step without compiling.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -34,7 +40,7 @@ from flax import nnx
 from reactor_core.dist import multihost
 from reactor_core.dist import sharding as sharding_lib
 from reactor_core.dist.preemption import PreemptionWatcher
-from reactor_core.train import base_model, environment, objectives
+from reactor_core.train import base_model, compile_cache, environment, objectives
 from reactor_core.train import state as state_lib
 from reactor_core.train.checkpoint_hook import Checkpoint, checkpoint_dir
 from reactor_core.train.config import TrainingConfig
@@ -42,6 +48,7 @@ from reactor_core.train.eval_hook import Evaluate
 from reactor_core.train.hooks import Hook, Preempted, Run
 from reactor_core.train.metrics_hooks import JsonlWriter, ProgressBar, TensorBoardWriter, TrainMetrics, default_paths
 from reactor_core.train.optim import build_optimizer
+from reactor_core.train.pace import Pace, format_duration
 from reactor_core.train.plot import LossCurve
 from reactor_core.train.step import make_eval_step, make_train_step
 
@@ -200,6 +207,8 @@ class Trainer:
             config.mesh.strategy,
         )
         objective = objectives.make_objective(config.run, config.dpo)
+        # Before the first compile: a resumed (or repeated) run reads its steps from disk.
+        cache = compile_cache.enable(compile_cache.CacheConfig.for_run(config))
         train_step = make_train_step(split, objective, tx, schedule, placement)
 
         run = Run(
@@ -207,6 +216,7 @@ class Trainer:
         )
         run.reference = reference
         run.placement = placement
+        run.pace = Pace(total_steps=total_steps, start_step=0)
         run.train_batches = train_batches
         run.outputs["config"] = paths["config"]
         hooks: list[Hook] = [
@@ -231,33 +241,19 @@ class Trainer:
         run.hooks = hooks + self.extra_hooks
         if ckpt is not None:
             ckpt.restore(run)  # newest complete checkpoint -> state, step, tokens, data position
+            run.pace = Pace(total_steps=total_steps, start_step=run.step)
         if primary:  # after the restore check: a refused resume leaves the run's config.json as it was
             with open(paths["config"], "w") as f:
                 f.write(config.to_json() + "\n")
 
         # SIGTERM (spot VMs get it ~30 s ahead) or the metadata server's notice: stop after the step.
-        with PreemptionWatcher() as watcher:
+        with PreemptionWatcher() as watcher, compile_cache.Compilations() as compiles:
             for hook in run.hooks:
                 hook.start(run)
-            while run.step < total_steps:
-                batch = _stack([next(train_batches) for _ in range(accum)])
-                run.state, metrics = train_step(run.state, split.frozen, reference, batch)
-                run.step += 1
-                run.tokens_seen += objectives.batch_tokens(batch)
-                run.pending.append(metrics)
-                if run.warm_at is None:  # the first step compiled: rates are measured from here
-                    jax.block_until_ready(metrics)
-                    run.warm_at, run.warm_tokens = time.perf_counter(), run.tokens_seen
-                for hook in run.hooks:
-                    if hook.due(run):
-                        hook.after_step(run)
-                if run.step < total_steps and watcher.should_stop(run.step):
-                    run.preempted = watcher.reason or "preemption notice"
-                    for hook in run.hooks:
-                        hook.on_preempt(run)  # the checkpoint hook saves synchronously here
-                    break
+            self._loop(run, train_step, watcher, compiles, cache)
             for hook in run.hooks:
                 hook.end(run)
+        cache.finish(wait=not run.preempted)  # a preempted VM has no time to upload the cache
         if run.preempted:
             directory, saved = (ckpt.directory, ckpt.last_step) if ckpt else (None, None)
             raise Preempted(run.step, run.preempted, directory, saved)
@@ -286,6 +282,44 @@ class Trainer:
             history=run.history,
         )
 
+    def _loop(self, run: Run, train_step, watcher: PreemptionWatcher, compiles, cache) -> None:
+        """Steps until the end or a preemption notice, with at most run.steps_in_flight unfinished.
+
+        JAX returns from a dispatch long before the device has computed the step. Unbounded,
+        the host would run log_every steps ahead: the progress bar would count steps not done,
+        and a SIGTERM would wait for all of them before its save (GCP gives ~30 s).
+        """
+        config, split, reference = run.config, run.split, run.reference
+        accum = config.optim.grad_accum_steps
+        limit = config.run.steps_in_flight
+        in_flight: collections.deque = collections.deque()  # (step, metrics, tokens_seen) not yet waited on
+        run.pace.start(time.perf_counter(), run.tokens_seen, run.paused_s)
+        while run.step < run.total_steps:
+            batch = _stack([next(run.train_batches) for _ in range(accum)])
+            run.state, metrics = train_step(run.state, split.frozen, reference, batch)
+            run.step += 1
+            run.tokens_seen += objectives.batch_tokens(batch)
+            run.pending.append(metrics)
+            in_flight.append((run.step, metrics, run.tokens_seen))
+            for hook in run.hooks:
+                if hook.due(run):
+                    hook.after_step(run)
+            if run.pace.first_step_s is None:  # this process's first step: compile (or cache), then run
+                _finish(run, in_flight, 0)
+                _report_first_step(run, compiles)
+                cache.upload_soon()
+            if run.step < run.total_steps:
+                # Leave room for one more dispatch: the bound holds when the next step goes out.
+                _finish(run, in_flight, limit - 1)
+                if run.pace.measured == 1:
+                    _warn_if_notice_too_short(run)
+                if watcher.should_stop(run.step):
+                    run.preempted = watcher.reason or "preemption notice"
+                    for hook in run.hooks:
+                        hook.on_preempt(run)  # the checkpoint hook saves synchronously here
+                    break
+        _finish(run, in_flight, 0)
+
     def _export(self, config, model, tokenizer, source, paths, run: Run) -> None:
         from reactor_core.formats import hf
         from reactor_core.lora import peft_format
@@ -299,6 +333,48 @@ class Trainer:
             hf.save_hf_dir(model, paths["model"])
             tokenizer.save_pretrained(paths["model"])
             run.outputs["model"] = paths["model"]
+
+
+def _finish(run: Run, in_flight: collections.deque, keep: int) -> None:
+    """Waits for the oldest steps in flight until `keep` are left; each one finished goes to the hooks."""
+    while len(in_flight) > keep:
+        step, metrics, tokens = in_flight.popleft()
+        jax.block_until_ready(metrics)  # the step's last outputs: the whole step is done
+        run.pace.finish(step, time.perf_counter(), tokens, run.paused_s)
+        for hook in run.hooks:
+            hook.on_step_finished(run, step)
+
+
+def _report_first_step(run: Run, compiles) -> None:
+    pace = run.pace
+    compiled, cached = compiles.compiled("train_step"), compiles.cache_hits("train_step")
+    how = (
+        f"compiled in {compiles.seconds('train_step'):.1f}s"
+        if compiled
+        else ("read from the compilation cache" if cached else "already compiled")
+    )
+    log.info("first step (%d): %.1fs, the train step %s", pace.finished, pace.first_step_s, how)
+
+
+def _warn_if_notice_too_short(run: Run) -> None:
+    """After the first measured step: what the whole run will take, and whether a preemption
+    save still lands inside the machine's notice."""
+    pace = run.pace
+    remaining = pace.eta_s
+    elapsed = time.perf_counter() - run.started - run.paused_s
+    log.info(
+        "measured %.2fs per step (%s tokens/s): this run's %d steps take about %s in all, %s to go; "
+        "a preemption notice waits for at most %d step(s) plus the save",
+        pace.step_s,
+        f"{pace.tokens_per_s:,.0f}",
+        run.total_steps - pace.start_step,
+        format_duration(elapsed + remaining),
+        format_duration(remaining),
+        run.config.run.steps_in_flight,
+    )
+    advice = environment.notice_advice(pace.step_s, run.config, environment.preemption_notice_s())
+    if advice:
+        log.warning(advice)
 
 
 def check_batch_fits_mesh(config: TrainingConfig, num_devices: int) -> None:
