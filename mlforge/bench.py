@@ -11,7 +11,8 @@ Packing reports tokens/s on 1M sequences of random lengths 1..64 into rows of 10
 
 --gemv times y = x @ W for one activation row on SmolLM2-135M's shapes (in x out), as
 jitted JAX: MLForge's FFI kernel on int8/int4 weights with float32 activations and with
-activations quantized to int8 blocks (integer dots, QuantizedLinear's decode path), XLA's
+activations quantized to int8 blocks (integer dots), the same int8 weights in the panel
+layout (QuantizedLinear's decode path on AVX-512 VNNI), XLA's
 dequantize + dot on the same weights, and XLA's float32 dot. GB/s counts the bytes
 each one must read (int8: 1 per weight, int4: 1/2, float32: 4, plus scales), so equal
 GB/s on int4 means 8x the float32 speed. Each call cycles through enough copies of the
@@ -225,6 +226,12 @@ def _gemv_fns(n_in: int, n_out: int, bits: int | None, rows: int):
         return [x @ jax_ops.dequantize_weight(q, s, bits=bits, group_size=group).T for q, s in qs]
 
     fns = {"float x": ours("float"), "int8 x": ours("int8"), "xla": jax.jit(xla)}
+    if bits == 8:  # the panel layout (int8 x): the same weights, packed once
+        ps = [jax_ops.pack_panels(q, s) for q, s in qs]
+        panel = jax.jit(
+            lambda x, ps: [jax_ops.qmatmul_panel(x, p, s, out_features=n_out, group_size=group) for p, s in ps]
+        )
+        fns["panel"] = lambda x, qs: panel(x, ps)
     return fns, (x, qs), nbytes, copies
 
 
@@ -251,6 +258,8 @@ def gemv_rows(repeats: int) -> list[tuple[str, ...]]:
                     gb_per_s(nbytes, t["int8 x"]),
                     f"{t['int8 x'] * 1e6:.1f}",
                     f"{t['float x'] / t['int8 x']:.2f}x",
+                    gb_per_s(nbytes, t["panel"]) if "panel" in t else "-",
+                    f"{t['panel'] * 1e6:.1f}" if "panel" in t else "-",
                     gb_per_s(nbytes, t["xla"]),
                     f32,
                 )
@@ -273,13 +282,13 @@ def prefill_rows(repeats: int) -> list[tuple[str, ...]]:
     """int8-activation us per call and GMAC/s on each shape at rows 1..64 (prefill chunks)."""
     rows: list[tuple[str, ...]] = []
     for n_in, n_out in GEMV_SHAPES:
-        for bits in (8, 4):
+        for bits, method, label in ((8, "int8 x", "int8"), (8, "panel", "int8 panel"), (4, "int8 x", "int4")):
             cells = []
             for m in PREFILL_ROWS:
                 fns, args, _, copies = _gemv_fns(n_in, n_out, bits, m)
-                t = _per_call(fns["int8 x"], args, copies, repeats)
+                t = _per_call(fns[method], args, copies, repeats)
                 cells += [f"{t * 1e6:.1f}", f"{m * n_in * n_out / t / 1e9:.1f}"]
-            rows.append((f"{n_in}x{n_out}", f"int{bits}", *cells))
+            rows.append((f"{n_in}x{n_out}", label, *cells))
     return rows
 
 
@@ -312,6 +321,8 @@ def main_gemv(repeats: int) -> None:
         "int8 x GB/s",
         "int8 x us",
         "int8 x speedup",
+        "panel GB/s",
+        "panel us",
         "XLA deq+dot GB/s",
         "XLA f32 dot GB/s",
     )

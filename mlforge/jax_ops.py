@@ -60,6 +60,14 @@ def _register() -> None:
         _registered = True
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu_only() -> bool:
+    """Whether JAX's only backend here is the CPU. Then a kernel call is traced as the FFI call
+    alone: platform_dependent would also trace the float fallback each time, and a decode
+    step's program holds hundreds of these calls (seconds of tracing at every launch)."""
+    return jax.default_backend() == "cpu"
+
+
 def _check_bits_group(bits: int, group_size: int, n_in: int) -> None:
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8; got {bits!r}")
@@ -127,6 +135,8 @@ def _ffi(x2: jax.Array, wq, scales, bits: int, group_size: int, activations: str
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _qmatmul_2d(x2: jax.Array, wq, scales, bits: int, group_size: int, activations: str) -> jax.Array:
     """x2 (M, I) float32 -> (M, O) float32."""
+    if _cpu_only():
+        return _ffi(x2, wq, scales, bits=bits, group_size=group_size, activations=activations)
     return jax.lax.platform_dependent(
         x2,
         wq,
@@ -255,6 +265,8 @@ def _panel_ffi(x2, panels, panel_scales, out_features: int, group_size: int):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _qmatmul_panel_2d(x2, panels, panel_scales, out_features: int, group_size: int):
     """x2 (M, I) float32 -> (M, O) float32."""
+    if _cpu_only():
+        return _panel_ffi(x2, panels, panel_scales, out_features=out_features, group_size=group_size)
     return jax.lax.platform_dependent(
         x2,
         panels,

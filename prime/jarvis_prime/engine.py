@@ -245,6 +245,11 @@ class GenerationEngine:
             self._cond.notify()
         return request
 
+    def busy(self) -> int:
+        """Requests queued or running (a cancelled one runs until the worker's next step)."""
+        with self._cond:
+            return len(self._pending) + len(self._active)
+
     def cached_tokens(self) -> list[list[int]]:
         """The tokens each slot holds (for tests and diagnostics)."""
         with self._device:

@@ -141,6 +141,28 @@ def test_sample_matches_numpy_reference():
     assert min(survivors.values()) >= 20, survivors  # both paths and the K boundary ran
 
 
+def test_three_tiers_match_numpy_reference():
+    """candidates 8, wide 40, vocab 300: survivors within 8, within 40, and beyond."""
+    rng = np.random.default_rng(5)
+    fn = jax.jit(functools.partial(sample, candidates=8, wide=40))
+    tiers = {"candidates": 0, "wide": 0, "sort": 0}
+    for _ in range(40):
+        rows, expected = [], []
+        while len(rows) < 8:
+            row = _random_row(rng, 300, 8)
+            token, margin, n = _reference_token(*row)
+            if margin < 1e-4:
+                continue
+            rows.append(row)
+            expected.append(token)
+            if row[2]["temperature"] > 0:
+                tiers["candidates" if n <= 8 else "wide" if n <= 40 else "sort"] += 1
+        logits, seen, settings, uniforms = zip(*rows)
+        got = fn(np.stack(logits), SamplingArrays.rows(settings), np.stack(seen), np.stack(uniforms))
+        assert np.asarray(got).tolist() == expected, settings
+    assert min(tiers.values()) >= 10, tiers
+
+
 def _flat_blocks(head: float, tail: float, vocab: int = 50, k: int = 8) -> np.ndarray:
     """k tied tokens holding `head` of the mass, the rest tied and holding `tail`."""
     probs = np.concatenate([np.full(k, head / k), np.full(vocab - k, tail / (vocab - k))])
