@@ -205,14 +205,17 @@ def qmatmul(
         raise ValueError(
             f"scales must be (out, {n_in // group_size}) for group_size {group_size}; got {scales.shape}"
         )
+    return _over_rows(x, n_out, lambda x2: _qmatmul_2d(x2, wq, scales, int(bits), int(group_size), activations))
+
+
+def _over_rows(x: jax.Array, n_out: int, fn) -> jax.Array:
+    """Runs fn on x's leading dims flattened into float32 rows (M, I) -> (M, n_out); restores them."""
     lead = x.shape[:-1]
     rows = int(np.prod(lead, dtype=np.int64))
     if rows == 0:
         return jnp.zeros((*lead, n_out), x.dtype)
     _register()
-    y = _qmatmul_2d(
-        x.reshape(rows, n_in).astype(jnp.float32), wq, scales, int(bits), int(group_size), activations
-    )
+    y = fn(x.reshape(rows, x.shape[-1]).astype(jnp.float32))
     return y.reshape(*lead, n_out).astype(x.dtype)
 
 
@@ -309,13 +312,9 @@ def qmatmul_panel(
         raise ValueError(
             f"panel_scales must be float32 {(panels.shape[0], n_in // group_size, PANEL)}; got {panel_scales.shape}"
         )
-    lead = x.shape[:-1]
-    rows = int(np.prod(lead, dtype=np.int64))
-    if rows == 0:
-        return jnp.zeros((*lead, out_features), x.dtype)
-    _register()
-    y = _qmatmul_panel_2d(x.reshape(rows, n_in).astype(jnp.float32), panels, panel_scales, int(out_features), int(group_size))
-    return y.reshape(*lead, out_features).astype(x.dtype)
+    return _over_rows(
+        x, out_features, lambda x2: _qmatmul_panel_2d(x2, panels, panel_scales, int(out_features), int(group_size))
+    )
 
 
 def _attention_ffi(q, k, v, segment_ids, scale: float):
