@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -84,18 +83,18 @@ def test_upload_without_marker_is_ignored(server, tmp_path):
 def test_killed_uploader_leaves_no_complete_step(server, tmp_path):
     url = "gs://ckpt/runs/c"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    n_small, n_big = 1024, 32 * 2**20  # step 2: 128 MB, about a second of uploading to kill into
+    n_small, n_big = 1024, 2**20
     first = [sys.executable, HELPER, url, str(tmp_path / "vm1"), "1", str(n_small)]
     subprocess.run(first, env=env, check=True, timeout=300)
-    proc = subprocess.Popen([sys.executable, HELPER, url, str(tmp_path / "vm1"), "2", str(n_big)], env=env,
+    # "hold": the helper stalls after its first finished file, so the kill lands mid-upload.
+    proc = subprocess.Popen([sys.executable, HELPER, url, str(tmp_path / "vm1"), "2", str(n_big), "hold"], env=env,
                             stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _names("runs/c/2/"):  # the upload has begun
+        for line in proc.stdout:
+            if line.strip() == "uploading":
+                assert _names("runs/c/2/"), "the helper said a file was up, the server lists none"
                 proc.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.01)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
