@@ -54,12 +54,11 @@ void qmatmul_outputs_scalar(const QMatmulArgs& a, int64_t o0, int64_t o1) {
 }
 
 void for_output_blocks(const QMatmulShape& s, const std::function<void(int64_t, int64_t)>& kernel) {
-  // Threads take blocks of 4 outputs (the SIMD kernels' tile) and at least ~48 KB of
-  // weights each: below that, waking a second core costs more than it saves.
-  constexpr int64_t kBlock = 4, kMinBytes = 48 << 10;
+  // Threads take blocks of 4 outputs (the SIMD kernels' tile), kMinThreadBytes each.
+  constexpr int64_t kBlock = 4;
   const int64_t blocks = (s.out + kBlock - 1) / kBlock;
   const int64_t block_bytes = kBlock * qmatmul_weight_bytes(s) / s.out;
-  const int64_t grain = std::max<int64_t>(1, kMinBytes / std::max<int64_t>(block_bytes, 1));
+  const int64_t grain = std::max<int64_t>(1, kMinThreadBytes / std::max<int64_t>(block_bytes, 1));
   parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     kernel(b0 * kBlock, std::min(b1 * kBlock, s.out));
   });

@@ -24,8 +24,11 @@ void qmatmul_outputs_scalar(const QMatmulArgs& a, int64_t o0, int64_t o1);
 void qmatmul_outputs_avx2(const QMatmulArgs& a, int64_t o0, int64_t o1);
 void qmatmul_outputs_avx512(const QMatmulArgs& a, int64_t o0, int64_t o1);
 
+// Weight bytes a thread must have to read before waking a second core pays for itself.
+constexpr int64_t kMinThreadBytes = 48 << 10;
+
 // Calls kernel(o0, o1) over blocks of outputs, across threads when the weights are big
-// enough to pay for waking them.
+// enough to pay for waking them (kMinThreadBytes each).
 void for_output_blocks(const QMatmulShape& s, const std::function<void(int64_t, int64_t)>& kernel);
 
 // Whether the SIMD kernels take this group size (the scalar one takes any valid shape).

@@ -186,8 +186,8 @@ void qmatmul_q8_panel(const QMatmulShape& s, const float* x, const uint8_t* pane
                       const float* panel_scales, float* y) {
   const Q8Args args = quantize_rows(s, x, panels, panel_scales, y);
   const auto kernel = avx512_vnni() ? q8_panels_avx512_vnni : q8_panels_scalar;
-  // Threads take whole panels, at least ~48 KB of weights each (see for_output_blocks).
-  const int64_t grain = std::max<int64_t>(1, (48 << 10) / (kPanelOutputs * s.in));
+  // Threads take whole panels, kMinThreadBytes of weights each.
+  const int64_t grain = std::max<int64_t>(1, kMinThreadBytes / (kPanelOutputs * s.in));
   parallel_for(qmatmul_panel_count(s.out), grain,
                [&](int64_t p0, int64_t p1) { kernel(args, p0, p1); });
 }

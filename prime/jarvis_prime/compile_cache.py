@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from reactor_core import xla_cache
+
 from jarvis_prime.store import Store
 
 ENV = "PRIME_COMPILE_CACHE"
@@ -28,14 +30,4 @@ def enable(store: Store) -> str | None:
     if configured:
         return configured
     path = directory(store)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return None
-    if not os.access(path, os.W_OK):
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    # Cache every program, however quick to compile: a cold start pays for all of them.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
+    return path if xla_cache.use(path) else None

@@ -31,6 +31,7 @@ import threading
 
 import jax
 
+from reactor_core import xla_cache
 from reactor_core.ckpt import gcs
 
 log = logging.getLogger("reactor_core.train")
@@ -131,19 +132,9 @@ def enable(config: CacheConfig) -> Cache:
                 mirror.download_step(_SNAPSHOT)
         except Exception as e:
             log.warning("could not download the compilation cache from %s: %s", config.mirror_url, e)
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        log.warning("compilation cache off: cannot create %s (%s)", path, e)
+    if not xla_cache.use(path):
+        log.warning("compilation cache off: cannot create or write %s", path)
         return Cache(CacheConfig())
-    if not os.access(path, os.W_OK):
-        log.warning("compilation cache off: %s is not writable", path)
-        return Cache(CacheConfig())
-    if jax.config.jax_compilation_cache_dir != path:
-        jax.config.update("jax_compilation_cache_dir", path)
-        # Every program, however small or quick: on a resume each compile is on the clock.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     log.info("compilation cache: %s%s", path, f" (mirrored to {config.mirror_url})" if config.mirror_url else "")
     return Cache(config)
 
